@@ -1,0 +1,79 @@
+// Path normalisation decides which metered endpoint a request hits, so it must not be talked past:
+// `/Verify`, `/verify/`, `//verify`, `/a/../verify`, `/%76erify` and `/verify?x=1` all meter as `/verify`.
+//
+// Rules, in order:
+//  1. Drop the fragment (`#...`) and the query string (`?...`).
+//  2. Percent-decode once (`%2F` becomes `/`); malformed escapes are kept literally.
+//  3. Backslashes count as slashes (some upstream frameworks treat them so).
+//  4. Collapse repeated slashes; resolve `.` and `..` segments (never above the root).
+//  5. Drop a trailing slash (except for `/` itself) and lower-case the result.
+// Envoy should normalise too (`normalize_path`, `merge_slashes`); this is the second line of defence.
+
+export const MAX_PATH_LENGTH = 8192;
+
+function percentDecode(s: string): string {
+  if (!s.includes('%')) return s;
+  try {
+    return decodeURIComponent(s);
+  } catch {
+    // Decode the valid escapes one by one and leave broken ones as they are.
+    return s.replace(/(%[0-9a-fA-F]{2})+/g, (run) => {
+      try {
+        return decodeURIComponent(run);
+      } catch {
+        return run;
+      }
+    });
+  }
+}
+
+export function normalizePath(raw: string): string {
+  let p = raw;
+  const hash = p.indexOf('#');
+  if (hash >= 0) p = p.slice(0, hash);
+  const q = p.indexOf('?');
+  if (q >= 0) p = p.slice(0, q);
+  p = percentDecode(p).replace(/\\/g, '/');
+  const out: string[] = [];
+  for (const seg of p.split('/')) {
+    if (seg === '' || seg === '.') continue;
+    if (seg === '..') out.pop();
+    else out.push(seg);
+  }
+  return `/${out.join('/')}`.toLowerCase();
+}
+
+/**
+ * Matches normalised paths to configured metered endpoints: exact paths, and `/prefix/*` patterns that
+ * cover `/prefix` and everything below it. The longest pattern wins. Returns the endpoint as configured.
+ */
+export class EndpointMatcher {
+  private readonly exact = new Map<string, string>();
+  private readonly prefixes: Array<{ prefix: string; endpoint: string }> = [];
+
+  constructor(endpoints: Iterable<string>) {
+    for (const endpoint of endpoints) {
+      if (endpoint.endsWith('/*')) {
+        this.prefixes.push({ prefix: normalizePath(endpoint.slice(0, -2)), endpoint });
+      } else {
+        this.exact.set(normalizePath(endpoint), endpoint);
+      }
+    }
+    this.prefixes.sort((a, b) => b.prefix.length - a.prefix.length);
+  }
+
+  match(normalizedPath: string): string | null {
+    const hit = this.exact.get(normalizedPath);
+    if (hit !== undefined) return hit;
+    for (const { prefix, endpoint } of this.prefixes) {
+      if (
+        normalizedPath === prefix ||
+        prefix === '/' ||
+        normalizedPath.startsWith(`${prefix}/`)
+      ) {
+        return endpoint;
+      }
+    }
+    return null;
+  }
+}

@@ -1,0 +1,165 @@
+import type { ResolvedKey } from '../core/types.js';
+import type { Logger } from '../logger.js';
+import type { TenantDirectory } from './types.js';
+
+// The in-process key cache in front of Postgres. Why it is shaped this way:
+// - A warm key never waits on Postgres: `peek` is synchronous. An entry past its TTL is still served
+//   while one background reload runs (stale-while-revalidate), so a Postgres outage does not lock out
+//   tenants whose keys were seen recently.
+// - Unknown keys are cached negatively for a few seconds, so a flood of bad keys costs one query per key
+//   per few seconds, not one per request; concurrent misses on one key share one query (single flight).
+// - Every replica polls the directory's version counter (bumped by triggers on any change) and refreshes
+//   all cached entries in bulk when it moves, so a revoked key or a tier change is enforced everywhere
+//   within about one poll interval.
+
+export interface KeyCacheOptions {
+  readonly ttlMs: number;
+  readonly negativeTtlMs: number;
+  readonly maxEntries: number;
+  readonly pollMs: number;
+  readonly now: () => number;
+  readonly logger: Logger;
+}
+
+interface Entry {
+  value: ResolvedKey | null;
+  expiresAtMs: number;
+}
+
+export interface KeyCacheStats {
+  hits: number;
+  misses: number;
+  loads: number;
+  loadErrors: number;
+  refreshes: number;
+}
+
+const REFRESH_CHUNK = 1000;
+
+export class KeyCache {
+  private readonly entries = new Map<string, Entry>();
+  private readonly inflight = new Map<string, Promise<ResolvedKey | null>>();
+  private lastVersion: bigint | null = null;
+  private timer: NodeJS.Timeout | null = null;
+  private polling = false;
+  private pollFailing = false;
+  readonly stats: KeyCacheStats = { hits: 0, misses: 0, loads: 0, loadErrors: 0, refreshes: 0 };
+
+  constructor(
+    private readonly directory: TenantDirectory,
+    private readonly opts: KeyCacheOptions,
+  ) {}
+
+  /**
+   * The cached answer for a key hash: a ResolvedKey, null (known unknown), or undefined when the caller
+   * must `load`. Stale positive entries are returned and refreshed in the background.
+   */
+  peek(hash: string): ResolvedKey | null | undefined {
+    const e = this.entries.get(hash);
+    if (e === undefined) {
+      this.stats.misses++;
+      return undefined;
+    }
+    if (e.expiresAtMs > this.opts.now()) {
+      this.stats.hits++;
+      return e.value;
+    }
+    if (e.value === null) {
+      this.stats.misses++;
+      return undefined;
+    }
+    this.stats.hits++;
+    void this.load(hash).catch(() => {});
+    return e.value;
+  }
+
+  /** Loads one key from the directory (shared by concurrent callers). Rejects when the directory fails. */
+  load(hash: string): Promise<ResolvedKey | null> {
+    const pending = this.inflight.get(hash);
+    if (pending !== undefined) return pending;
+    this.stats.loads++;
+    const p = this.directory
+      .resolveMany([hash])
+      .then((found) => {
+        const value = found.get(hash) ?? null;
+        this.store(hash, value);
+        return value;
+      })
+      .catch((err: unknown) => {
+        this.stats.loadErrors++;
+        throw err;
+      })
+      .finally(() => this.inflight.delete(hash));
+    this.inflight.set(hash, p);
+    return p;
+  }
+
+  private store(hash: string, value: ResolvedKey | null): void {
+    const ttl = value === null ? this.opts.negativeTtlMs : this.opts.ttlMs;
+    if (!this.entries.has(hash) && this.entries.size >= this.opts.maxEntries) {
+      // Evict the oldest insertion; Map iteration order is insertion order.
+      const oldest = this.entries.keys().next();
+      if (!oldest.done) this.entries.delete(oldest.value);
+    }
+    this.entries.set(hash, { value, expiresAtMs: this.opts.now() + ttl });
+  }
+
+  get size(): number {
+    return this.entries.size;
+  }
+
+  /** Starts polling the directory version. The first successful poll sets the baseline. */
+  start(): void {
+    if (this.timer !== null) return;
+    this.timer = setInterval(() => void this.poll(), this.opts.pollMs);
+    this.timer.unref();
+    void this.poll();
+  }
+
+  stop(): void {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+  }
+
+  /** One poll: if the version moved, drop negative entries and reload every positive one in bulk. */
+  async poll(): Promise<void> {
+    if (this.polling) return;
+    this.polling = true;
+    try {
+      const version = await this.directory.version();
+      if (this.pollFailing) this.opts.logger.info({ event: 'directory.recovered' }, 'directory reachable again');
+      this.pollFailing = false;
+      if (this.lastVersion !== null && version !== this.lastVersion) await this.refreshAll();
+      this.lastVersion = version;
+    } catch (err) {
+      // Log the transition only, not every second of an outage.
+      if (!this.pollFailing) {
+        this.opts.logger.warn(
+          { event: 'directory.unreachable', err: errorMessage(err) },
+          'directory version poll failed; serving cached keys',
+        );
+      }
+      this.pollFailing = true;
+    } finally {
+      this.polling = false;
+    }
+  }
+
+  private async refreshAll(): Promise<void> {
+    const positive: string[] = [];
+    for (const [hash, e] of this.entries) {
+      if (e.value === null) this.entries.delete(hash);
+      else positive.push(hash);
+    }
+    for (let i = 0; i < positive.length; i += REFRESH_CHUNK) {
+      const chunk = positive.slice(i, i + REFRESH_CHUNK);
+      const found = await this.directory.resolveMany(chunk);
+      for (const hash of chunk) this.store(hash, found.get(hash) ?? null);
+    }
+    this.stats.refreshes++;
+  }
+}
+
+function errorMessage(err: unknown): string {
+  return err instanceof Error ? err.message : String(err);
+}

@@ -1,0 +1,153 @@
+// The only code that knows the shape of Envoy's CheckRequest and CheckResponse. Both directions are pure:
+// CheckRequest → RawHttpRequest (then core/request.ts validates it), and Decision → CheckResponse.
+
+import type { Decision, RateLimitInfo } from '../core/decide.js';
+import type { RawHttpRequest } from '../core/request.js';
+
+/** The parts of envoy.service.auth.v3.CheckRequest the server reads (proto-loader, keepCase). */
+export interface CheckRequestMessage {
+  attributes?: {
+    request?: {
+      http?: {
+        id?: string;
+        method?: string;
+        path?: string;
+        headers?: Record<string, string>;
+        header_map?: { headers?: Array<{ key?: string; value?: string; raw_value?: Uint8Array }> };
+      };
+    };
+  };
+}
+
+interface HeaderValueOption {
+  header: { key: string; value: string };
+  append_action: 'OVERWRITE_IF_EXISTS_OR_ADD';
+}
+
+interface StructValue {
+  string_value?: string;
+  bool_value?: boolean;
+}
+
+export interface CheckResponseMessage {
+  status: { code: number; message?: string };
+  ok_response?: {
+    headers: HeaderValueOption[];
+    headers_to_remove: string[];
+    response_headers_to_add: HeaderValueOption[];
+  };
+  denied_response?: {
+    status: { code: number };
+    headers: HeaderValueOption[];
+    body: string;
+  };
+  dynamic_metadata?: { fields: Record<string, StructValue> };
+}
+
+/** Header names the server sets upstream; a client's own copies are overwritten or removed. */
+export const TENANT_ID_HEADER = 'x-tenant-id';
+export const TENANT_TIER_HEADER = 'x-tenant-tier';
+export const DEGRADED_HEADER = 'x-usage-limiter-degraded';
+
+// Every header option overwrites: `append_action` is honoured by every Envoy since 1.18 (before it, the
+// deprecated `append` defaulted to true and duplicated headers). `append` itself is never set.
+function header(key: string, value: string): HeaderValueOption {
+  return { header: { key, value }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' };
+}
+
+const decoder = new TextDecoder('utf-8', { fatal: false });
+
+/** Reads method, path, id and headers; prefers the `headers` map, falls back to `header_map`. */
+export function fromCheckRequest(req: CheckRequestMessage | null | undefined): RawHttpRequest {
+  const http = req?.attributes?.request?.http;
+  const headers = new Map<string, string>();
+  const plain = http?.headers;
+  if (plain !== undefined && plain !== null && typeof plain === 'object') {
+    for (const name of Object.keys(plain)) {
+      const value = plain[name];
+      if (typeof value === 'string') headers.set(name.toLowerCase(), value);
+    }
+  }
+  const raw = http?.header_map?.headers;
+  if (headers.size === 0 && Array.isArray(raw)) {
+    for (const h of raw) {
+      if (typeof h?.key !== 'string') continue;
+      const value =
+        typeof h.value === 'string' && h.value !== ''
+          ? h.value
+          : h.raw_value !== undefined
+            ? decoder.decode(h.raw_value)
+            : '';
+      const name = h.key.toLowerCase();
+      // Envoy joins repeated headers with commas in the `headers` map; do the same here.
+      const prev = headers.get(name);
+      headers.set(name, prev === undefined ? value : `${prev},${value}`);
+    }
+  }
+  return {
+    method: typeof http?.method === 'string' ? http.method : undefined,
+    path: typeof http?.path === 'string' ? http.path : undefined,
+    headers,
+    id: typeof http?.id === 'string' ? http.id : undefined,
+  };
+}
+
+function rateLimitHeaders(info: RateLimitInfo | null, retryAfterS: number | null): HeaderValueOption[] {
+  const out: HeaderValueOption[] = [];
+  if (info !== null) {
+    out.push(
+      header('X-RateLimit-Limit', String(info.limit)),
+      header('X-RateLimit-Remaining', String(info.remaining)),
+      header('X-RateLimit-Reset', String(info.resetEpochS)),
+    );
+  }
+  if (retryAfterS !== null) out.push(header('Retry-After', String(retryAfterS)));
+  return out;
+}
+
+/** The JSON body of every denial: `{"code","message","requestId"}`. */
+export function denialBody(code: string, message: string, requestId: string): string {
+  return JSON.stringify({ code, message, requestId });
+}
+
+export function toCheckResponse(decision: Decision, requestId: string): CheckResponseMessage {
+  if (decision.outcome === 'deny') {
+    return {
+      status: { code: decision.grpcCode, message: decision.code },
+      denied_response: {
+        status: { code: decision.httpStatus },
+        headers: [
+          ...rateLimitHeaders(decision.rateLimit, decision.retryAfterS),
+          header('Content-Type', 'application/json; charset=utf-8'),
+        ],
+        body: denialBody(decision.code, decision.message, requestId),
+      },
+    };
+  }
+  const headers = [header(TENANT_ID_HEADER, decision.tenantId), header(TENANT_TIER_HEADER, decision.tierId)];
+  // The key must not reach the upstream; neither may a client's attempt to claim a degraded pass.
+  const headersToRemove: string[] = [decision.keyHeader];
+  if (decision.degraded) headers.push(header(DEGRADED_HEADER, 'true'));
+  else headersToRemove.push(DEGRADED_HEADER);
+
+  const fields: Record<string, StructValue> = {
+    tenant_id: { string_value: decision.tenantId },
+    tier: { string_value: decision.tierId },
+    request_id: { string_value: requestId },
+    reserved: { bool_value: decision.metering !== null },
+    degraded: { bool_value: decision.degraded },
+  };
+  if (decision.metering !== null) {
+    fields.endpoint = { string_value: decision.metering.endpoint };
+    fields.period = { string_value: decision.metering.period };
+  }
+  return {
+    status: { code: 0 },
+    ok_response: {
+      headers,
+      headers_to_remove: headersToRemove,
+      response_headers_to_add: rateLimitHeaders(decision.rateLimit, null),
+    },
+    dynamic_metadata: { fields },
+  };
+}

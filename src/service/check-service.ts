@@ -1,0 +1,118 @@
+import { hashApiKey } from '../core/api-key.js';
+import { concludeCheck, deny, planCheck, storeUnavailable, type Decision } from '../core/decide.js';
+import type { CheckInput } from '../core/request.js';
+import type { ResolvedKey } from '../core/types.js';
+import type { KeyCache } from '../directory/key-cache.js';
+import type { Logger } from '../logger.js';
+import type { CounterStore } from '../store/types.js';
+import { logEvent } from './events.js';
+
+// Runs one Check: key cache → pure plan → one store call → pure conclusion. Every I/O step is bounded by
+// the time left before Envoy's deadline (and CHECK_TIMEOUT_MS), so a slow Redis or Postgres turns into
+// the documented policy answer instead of a hang.
+
+export interface CheckServiceDeps {
+  readonly cache: KeyCache;
+  readonly store: CounterStore;
+  readonly now: () => number;
+  readonly logger: Logger;
+  /** Upper bound for the I/O of one Check. */
+  readonly timeoutMs: number;
+}
+
+export interface CheckStats {
+  storeErrors: number;
+  directoryErrors: number;
+}
+
+class TimeoutError extends Error {
+  constructor(what: string, ms: number) {
+    super(`${what} did not answer within ${ms} ms`);
+    this.name = 'TimeoutError';
+  }
+}
+
+function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
+  if (ms <= 0) return Promise.reject(new TimeoutError(what, 0));
+  return new Promise<T>((resolve, reject) => {
+    const t = setTimeout(() => reject(new TimeoutError(what, ms)), ms);
+    p.then(
+      (v) => {
+        clearTimeout(t);
+        resolve(v);
+      },
+      (err: unknown) => {
+        clearTimeout(t);
+        reject(err);
+      },
+    );
+  });
+}
+
+// Keep a little of Envoy's deadline for encoding and sending the answer.
+const DEADLINE_MARGIN_MS = 5;
+
+export class CheckService {
+  readonly stats: CheckStats = { storeErrors: 0, directoryErrors: 0 };
+  /** Decisions by Prometheus label set (`{outcome,code,tier}`); tenants are deliberately not a label. */
+  readonly decisions = new Map<string, number>();
+  private lastErrorLogMs = 0;
+
+  constructor(private readonly deps: CheckServiceDeps) {}
+
+  /** @param deadlineMs Envoy's deadline for this call (epoch ms), or Infinity. Never rejects. */
+  async check(input: CheckInput, deadlineMs = Number.POSITIVE_INFINITY): Promise<Decision> {
+    const { cache, store, now, logger } = this.deps;
+    const budget = () => Math.min(this.deps.timeoutMs, deadlineMs - now() - DEADLINE_MARGIN_MS);
+
+    let key: ResolvedKey | null = null;
+    if (input.key.kind === 'present') {
+      const hash = hashApiKey(input.key.key);
+      const cached = cache.peek(hash);
+      if (cached !== undefined) {
+        key = cached;
+      } else {
+        try {
+          key = await withTimeout(cache.load(hash), budget(), 'directory');
+        } catch (err) {
+          // Unknown key and no directory: nothing tells us the tenant or its policy, so we cannot admit it.
+          this.stats.directoryErrors++;
+          this.logFailure('DatabaseError', err);
+          return this.emit(deny('USAGE_CHECK_UNAVAILABLE'));
+        }
+      }
+    }
+
+    const plan = planCheck(input, key, now());
+    if (plan.kind === 'decided') return this.emit(plan.decision);
+    try {
+      const result = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
+      return this.emit(concludeCheck(plan.ctx, result, now()));
+    } catch (err) {
+      this.stats.storeErrors++;
+      this.logFailure('CacheError', err, plan.ctx.tenantId);
+      return this.emit(storeUnavailable(plan.ctx));
+    }
+  }
+
+  private emit(decision: Decision): Decision {
+    for (const e of decision.events) logEvent(this.deps.logger, e);
+    const tier = decision.tierId ?? 'none';
+    const labels = `{outcome="${decision.outcome}",code="${decision.code}",tier="${tier}"${
+      decision.outcome === 'allow' && decision.degraded ? ',degraded="true"' : ''
+    }}`;
+    this.decisions.set(labels, (this.decisions.get(labels) ?? 0) + 1);
+    return decision;
+  }
+
+  // At most one error line per second: an outage must be visible, not flood the log at request rate.
+  private logFailure(code: 'DatabaseError' | 'CacheError', err: unknown, tenantId?: string): void {
+    const t = this.deps.now();
+    if (t - this.lastErrorLogMs < 1000) return;
+    this.lastErrorLogMs = t;
+    this.deps.logger.error(
+      { event: 'check.dependency_failed', code, tenantId, err: err instanceof Error ? err.message : String(err) },
+      code === 'CacheError' ? 'counter store failed; applying tier failure policy' : 'directory lookup failed',
+    );
+  }
+}

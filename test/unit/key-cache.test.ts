@@ -1,0 +1,114 @@
+import pino from 'pino';
+import { describe, expect, it } from 'vitest';
+import type { ResolvedKey } from '../../src/core/types.js';
+import { KeyCache } from '../../src/directory/key-cache.js';
+import type { TenantDirectory } from '../../src/directory/types.js';
+import { FREE, resolved, tenant } from '../helpers/fixtures.js';
+
+// An in-memory directory: the cache's logic (TTL, negative entries, single flight, refresh on version
+// change, stale-while-error) is tested here; the Postgres directory has its own integration tests.
+class MemoryDirectory implements TenantDirectory {
+  keys = new Map<string, ResolvedKey>();
+  v = 1n;
+  calls = 0;
+  failing = false;
+  async resolveMany(hashes: readonly string[]) {
+    this.calls++;
+    if (this.failing) throw new Error('database down');
+    await new Promise((r) => setTimeout(r, 5));
+    return new Map(hashes.flatMap((h) => (this.keys.has(h) ? [[h, this.keys.get(h)!] as const] : [])));
+  }
+  async version() {
+    if (this.failing) throw new Error('database down');
+    return this.v;
+  }
+  async ping() {}
+  async close() {}
+}
+
+function setup() {
+  const dir = new MemoryDirectory();
+  const clock = { now: 1_000_000 };
+  const cache = new KeyCache(dir, { ttlMs: 60_000, negativeTtlMs: 5_000, maxEntries: 3, pollMs: 1000, now: () => clock.now, logger: pino({ level: 'silent' }) });
+  return { dir, clock, cache };
+}
+
+const A = resolved(tenant('a', 'free'), FREE);
+
+describe('KeyCache', () => {
+  it('loads once, then answers from memory without touching the directory', async () => {
+    const { dir, cache } = setup();
+    dir.keys.set('h1', A);
+    expect(cache.peek('h1')).toBeUndefined();
+    expect(await cache.load('h1')).toBe(A);
+    for (let i = 0; i < 100; i++) expect(cache.peek('h1')).toBe(A);
+    expect(dir.calls).toBe(1);
+  });
+
+  it('coalesces concurrent misses on one key into one query', async () => {
+    const { dir, cache } = setup();
+    dir.keys.set('h1', A);
+    const all = await Promise.all(Array.from({ length: 50 }, () => cache.load('h1')));
+    expect(all.every((v) => v === A)).toBe(true);
+    expect(dir.calls).toBe(1);
+  });
+
+  it('caches unknown keys negatively for a short time only', async () => {
+    const { dir, clock, cache } = setup();
+    expect(await cache.load('nope')).toBeNull();
+    expect(cache.peek('nope')).toBeNull();
+    clock.now += 5_001;
+    expect(cache.peek('nope')).toBeUndefined();
+    expect(dir.calls).toBe(1);
+  });
+
+  it('serves a stale entry while refreshing it, and keeps serving it while the directory is down', async () => {
+    const { dir, clock, cache } = setup();
+    dir.keys.set('h1', A);
+    await cache.load('h1');
+    clock.now += 61_000;
+    dir.failing = true;
+    expect(cache.peek('h1')).toBe(A);
+    await new Promise((r) => setTimeout(r, 20));
+    expect(cache.peek('h1')).toBe(A);
+    expect(cache.stats.loadErrors).toBeGreaterThan(0);
+  });
+
+  it('refreshes every cached key when the directory version moves', async () => {
+    const { dir, cache } = setup();
+    dir.keys.set('h1', A);
+    await cache.load('h1');
+    await cache.load('gone');
+    await cache.poll(); // baseline
+    const revoked = { ...A, revokedAtMs: 5 };
+    dir.keys.set('h1', revoked);
+    dir.keys.set('gone', A);
+    dir.v = 2n;
+    await cache.poll();
+    expect(cache.peek('h1')).toBe(revoked);
+    // Negative entries are dropped so a newly created key works at once.
+    expect(cache.peek('gone')).toBeUndefined();
+    expect(cache.stats.refreshes).toBe(1);
+  });
+
+  it('survives a failing poll and logs the outage once', async () => {
+    const { dir, cache } = setup();
+    dir.failing = true;
+    await cache.poll();
+    await cache.poll();
+    dir.failing = false;
+    await cache.poll();
+    expect(cache.stats.refreshes).toBe(0);
+  });
+
+  it('bounds its size', async () => {
+    const { dir, cache } = setup();
+    for (const h of ['a', 'b', 'c', 'd', 'e']) {
+      dir.keys.set(h, A);
+      await cache.load(h);
+    }
+    expect(cache.size).toBe(3);
+    expect(cache.peek('a')).toBeUndefined();
+    expect(cache.peek('e')).toBe(A);
+  });
+});

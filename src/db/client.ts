@@ -1,0 +1,146 @@
+// One handle over either a real Postgres (DATABASE_URL) or the embedded PGlite, so every query is written once.
+import { mkdirSync } from 'node:fs';
+import { PGlite } from '@electric-sql/pglite';
+import { sql } from 'drizzle-orm';
+import type { PgDatabase, PgQueryResultHKT } from 'drizzle-orm/pg-core';
+import { drizzle as drizzlePglite } from 'drizzle-orm/pglite';
+import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
+import postgres from 'postgres';
+import { AppError } from '../errors.js';
+import type { Logger } from '../logger.js';
+import * as schema from './schema.js';
+
+export type DatabaseSchema = typeof schema;
+
+/**
+ * The query surface shared by both drivers. Only driver-neutral calls belong on it: the query builder and
+ * transactions. `db.execute()` returns driver-specific shapes (an array for postgres-js, `{ rows }` for PGlite).
+ */
+export type AppDatabase = PgDatabase<PgQueryResultHKT, DatabaseSchema>;
+
+export type DatabaseKind = 'postgres' | 'pglite';
+
+export interface DatabaseHandle {
+  readonly db: AppDatabase;
+  readonly kind: DatabaseKind;
+  /** Throws (AppError DatabaseError, retryable) when the database does not answer `select 1` in time. */
+  ping(): Promise<void>;
+  close(): Promise<void>;
+}
+
+export interface OpenDatabaseOptions {
+  /** postgres:// URL. Absent: embedded PGlite under `dataDir`. */
+  url?: string;
+  /** PGlite data folder (created if missing). Required when `url` is absent. */
+  dataDir?: string;
+  logger?: Logger;
+  /** postgres only: connections in the pool. */
+  poolSize?: number;
+  /** postgres only: server-side cap on any one statement. */
+  statementTimeoutMs?: number;
+  /** postgres only: seconds to wait for a TCP connection and handshake. */
+  connectTimeoutSeconds?: number;
+  /** Client-side cap on `ping()`, which also covers a server that stopped answering altogether. */
+  pingTimeoutMs?: number;
+}
+
+const DEFAULT_POOL_SIZE = 10;
+const DEFAULT_STATEMENT_TIMEOUT_MS = 5_000;
+const DEFAULT_CONNECT_TIMEOUT_S = 5;
+const DEFAULT_PING_TIMEOUT_MS = 2_000;
+
+/** What `runMigrations` needs beyond the public handle, kept off it so callers cannot misuse it. */
+export interface DatabaseInternals {
+  readonly url?: string;
+  readonly connectTimeoutSeconds: number;
+  readonly logger?: Logger;
+}
+const internals = new WeakMap<DatabaseHandle, DatabaseInternals>();
+
+export function databaseInternals(handle: DatabaseHandle): DatabaseInternals | undefined {
+  return internals.get(handle);
+}
+
+export async function openDatabase(opts: OpenDatabaseOptions): Promise<DatabaseHandle> {
+  const pingTimeoutMs = opts.pingTimeoutMs ?? DEFAULT_PING_TIMEOUT_MS;
+  const connectTimeoutSeconds = opts.connectTimeoutSeconds ?? DEFAULT_CONNECT_TIMEOUT_S;
+  let handle: DatabaseHandle;
+  if (opts.url) {
+    handle = openPostgres(opts.url, opts, connectTimeoutSeconds, pingTimeoutMs);
+  } else {
+    if (!opts.dataDir) {
+      throw new AppError('CONFIG_INVALID', 'openDatabase: either a database URL or a PGlite data folder is required');
+    }
+    handle = await openPglite(opts.dataDir, opts.logger, pingTimeoutMs);
+  }
+  internals.set(handle, { url: opts.url, connectTimeoutSeconds, logger: opts.logger });
+  return handle;
+}
+
+function openPostgres(
+  url: string,
+  opts: OpenDatabaseOptions,
+  connectTimeoutSeconds: number,
+  pingTimeoutMs: number,
+): DatabaseHandle {
+  const client = postgres(url, {
+    max: opts.poolSize ?? DEFAULT_POOL_SIZE,
+    connect_timeout: connectTimeoutSeconds,
+    idle_timeout: 60,
+    // NOTICEs (e.g. "schema already exists, skipping" from migrations) are noise in JSON logs.
+    onnotice: () => {},
+    connection: {
+      application_name: 'usage-limiter',
+      // Server-side limits, so a lock queue or a runaway query cannot hold a caller (or a connection) forever.
+      statement_timeout: opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS,
+      idle_in_transaction_session_timeout: 60_000,
+    },
+  });
+  const db: AppDatabase = drizzlePostgres({ client, schema });
+  return {
+    db,
+    kind: 'postgres',
+    ping: () => pingWith(db, pingTimeoutMs),
+    close: () => client.end({ timeout: 5 }),
+  };
+}
+
+async function openPglite(dataDir: string, logger: Logger | undefined, pingTimeoutMs: number): Promise<DatabaseHandle> {
+  mkdirSync(dataDir, { recursive: true });
+  const client = await PGlite.create(dataDir);
+  logger?.debug({ dataDir }, 'opened embedded PGlite database');
+  const db: AppDatabase = drizzlePglite({ client, schema });
+  let closed = false;
+  return {
+    db,
+    kind: 'pglite',
+    ping: () => pingWith(db, pingTimeoutMs),
+    close: async () => {
+      // PGlite throws on a second close; callers' shutdown paths may well call it twice.
+      if (closed) return;
+      closed = true;
+      await client.close();
+    },
+  };
+}
+
+async function pingWith(db: AppDatabase, timeoutMs: number): Promise<void> {
+  try {
+    await withTimeout(db.execute(sql`select 1`), timeoutMs, 'database ping');
+  } catch (err) {
+    throw new AppError('DatabaseError', 'database is unreachable', { retryable: true, cause: err });
+  }
+}
+
+/**
+ * Rejects after `ms` even if the driver never answers (a half-open TCP connection outlives any server-side
+ * timeout). The query itself is not cancelled; the caller just stops waiting for it.
+ */
+export function withTimeout<T>(promise: PromiseLike<T>, ms: number, what: string): Promise<T> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<never>((_, reject) => {
+    timer = setTimeout(() => reject(new AppError('DatabaseError', `${what} timed out after ${ms} ms`, { retryable: true })), ms);
+    timer.unref();
+  });
+  return Promise.race([Promise.resolve(promise), timeout]).finally(() => clearTimeout(timer));
+}

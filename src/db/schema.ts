@@ -1,0 +1,100 @@
+// Tiers, tenants and API keys: the directory every replica caches. Limits are checked here as well as in
+// `usage-limiter apply`, so a hand-written SQL statement cannot store a tier that the Check cannot enforce.
+import { sql } from 'drizzle-orm';
+import {
+  bigint,
+  check,
+  index,
+  integer,
+  jsonb,
+  pgTable,
+  text,
+  timestamp,
+  uniqueIndex,
+  uuid,
+} from 'drizzle-orm/pg-core';
+
+const createdAt = () => timestamp('created_at', { withTimezone: true }).notNull().defaultNow();
+const updatedAt = () => timestamp('updated_at', { withTimezone: true }).notNull().defaultNow();
+
+export const tiers = pgTable(
+  'tiers',
+  {
+    id: text('id').primaryKey(),
+    // Both null: the tier has no read-rate limit.
+    readRateRequests: integer('read_rate_requests'),
+    readRatePerSeconds: integer('read_rate_per_seconds'),
+    quotaTotal: integer('quota_total'),
+    /** Endpoint (`/verify`, `/files/*`) → monthly limit. */
+    quotaEndpoints: jsonb('quota_endpoints').$type<Record<string, number>>().notNull().default({}),
+    alertThresholds: jsonb('alert_thresholds').$type<number[]>().notNull().default([0.8, 0.9, 1.0]),
+    failurePolicy: text('failure_policy', { enum: ['allow', 'deny'] }).notNull().default('allow'),
+    createdAt: createdAt(),
+    updatedAt: updatedAt(),
+  },
+  () => [
+    check('tiers_read_rate_both_or_neither', sql`(read_rate_requests IS NULL) = (read_rate_per_seconds IS NULL)`),
+    check('tiers_read_rate_positive', sql`read_rate_requests > 0 AND read_rate_per_seconds > 0`),
+    check('tiers_quota_total_positive', sql`quota_total > 0`),
+    check('tiers_quota_endpoints_object', sql`jsonb_typeof(quota_endpoints) = 'object'`),
+    check('tiers_alert_thresholds_array', sql`jsonb_typeof(alert_thresholds) = 'array'`),
+    check('tiers_failure_policy', sql`failure_policy IN ('allow', 'deny')`),
+  ],
+);
+
+export const tenants = pgTable(
+  'tenants',
+  {
+    id: text('id').primaryKey(),
+    tierId: text('tier_id')
+      .notNull()
+      .references(() => tiers.id, { onDelete: 'restrict', onUpdate: 'cascade' }),
+    status: text('status', { enum: ['active', 'suspended'] }).notNull().default('active'),
+    stripeCustomerId: text('stripe_customer_id'),
+    // Null: the billing period is the UTC calendar month.
+    billingAnchor: timestamp('billing_anchor', { withTimezone: true }),
+    createdAt: createdAt(),
+    updatedAt: updatedAt(),
+  },
+  (t) => [
+    index('tenants_tier_id_idx').on(t.tierId),
+    // Stripe webhooks find the tenant by customer; two tenants on one customer would be ambiguous.
+    uniqueIndex('tenants_stripe_customer_id_key').on(t.stripeCustomerId),
+    check('tenants_status', sql`status IN ('active', 'suspended')`),
+  ],
+);
+
+export const apiKeys = pgTable(
+  'api_keys',
+  {
+    id: uuid('id').primaryKey().defaultRandom(),
+    /** SHA-256 hex of the plaintext key; the plaintext is never stored. */
+    keyHash: text('key_hash').notNull().unique('api_keys_key_hash_key'),
+    keyPrefix: text('key_prefix').notNull(),
+    tenantId: text('tenant_id')
+      .notNull()
+      .references(() => tenants.id, { onDelete: 'cascade', onUpdate: 'cascade' }),
+    name: text('name'),
+    createdAt: createdAt(),
+    revokedAt: timestamp('revoked_at', { withTimezone: true }),
+    expiresAt: timestamp('expires_at', { withTimezone: true }),
+  },
+  (t) => [
+    index('api_keys_tenant_id_idx').on(t.tenantId),
+    check('api_keys_key_hash_sha256_hex', sql`key_hash ~ '^[0-9a-f]{64}$'`),
+  ],
+);
+
+/** A single row (id = 1) whose version triggers bump on any change to the three tables above. */
+export const directoryVersion = pgTable(
+  'directory_version',
+  {
+    id: integer('id').primaryKey(),
+    version: bigint('version', { mode: 'bigint' }).notNull().default(sql`0`),
+  },
+  () => [check('directory_version_single_row', sql`id = 1`)],
+);
+
+export type TierRow = typeof tiers.$inferSelect;
+export type TenantRow = typeof tenants.$inferSelect;
+export type ApiKeyRow = typeof apiKeys.$inferSelect;

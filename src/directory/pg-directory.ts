@@ -1,0 +1,92 @@
+// TenantDirectory over the drizzle handle (Postgres or PGlite). Called by the KeyCache off the hot path, so it
+// favours one round trip per batch over anything clever.
+import { eq, inArray } from 'drizzle-orm';
+import type { DatabaseHandle } from '../db/client.js';
+import { apiKeys, directoryVersion, tenants, tiers } from '../db/schema.js';
+import type { ResolvedKey } from '../core/types.js';
+import type { TenantDirectory } from './types.js';
+
+export interface PgDirectoryOptions {
+  /**
+   * Whether `close()` also closes the database handle. Off by default: the handle is usually shared (billing,
+   * alerts, admin commands) and is closed by whoever opened it.
+   */
+  closeHandle?: boolean;
+}
+
+export function createPgDirectory(handle: DatabaseHandle, opts: PgDirectoryOptions = {}): TenantDirectory {
+  const { db } = handle;
+  return {
+    async resolveMany(keyHashes) {
+      const out = new Map<string, ResolvedKey>();
+      const unique = [...new Set(keyHashes)];
+      if (unique.length === 0) return out;
+      const rows = await db
+        .select({ key: apiKeys, tenant: tenants, tier: tiers })
+        .from(apiKeys)
+        .innerJoin(tenants, eq(apiKeys.tenantId, tenants.id))
+        .innerJoin(tiers, eq(tenants.tierId, tiers.id))
+        .where(inArray(apiKeys.keyHash, unique));
+      for (const { key, tenant, tier } of rows) {
+        // Revoked and expired keys are returned as they are: the core judges them against its own clock.
+        out.set(key.keyHash, {
+          keyId: key.id,
+          keyPrefix: key.keyPrefix,
+          expiresAtMs: key.expiresAt?.getTime() ?? null,
+          revokedAtMs: key.revokedAt?.getTime() ?? null,
+          tenant: {
+            id: tenant.id,
+            tierId: tenant.tierId,
+            status: tenant.status,
+            stripeCustomerId: tenant.stripeCustomerId,
+            billingAnchorMs: tenant.billingAnchor?.getTime() ?? null,
+          },
+          tier: {
+            id: tier.id,
+            readRateLimit:
+              tier.readRateRequests !== null && tier.readRatePerSeconds !== null
+                ? { requests: tier.readRateRequests, perSeconds: tier.readRatePerSeconds }
+                : null,
+            monthlyQuota: { total: tier.quotaTotal, endpoints: numericRecord(tier.quotaEndpoints) },
+            alertThresholds: numericList(tier.alertThresholds),
+            failurePolicy: tier.failurePolicy,
+          },
+        });
+      }
+      return out;
+    },
+
+    async version() {
+      const rows = await db.select({ version: directoryVersion.version }).from(directoryVersion).where(eq(directoryVersion.id, 1));
+      // No row means migrations have not run; 0 keeps pollers quiet until they do.
+      return rows[0]?.version ?? 0n;
+    },
+
+    async ping() {
+      await handle.ping();
+    },
+
+    async close() {
+      if (opts.closeHandle) await handle.close();
+    },
+  };
+}
+
+// jsonb written by hand (psql) could hold strings or junk; the core must only ever see finite numbers.
+function numericRecord(value: unknown): Record<string, number> {
+  const out: Record<string, number> = {};
+  if (typeof value !== 'object' || value === null || Array.isArray(value)) return out;
+  for (const [k, v] of Object.entries(value)) {
+    const n = Number(v);
+    if (Number.isFinite(n) && n > 0) out[k] = n;
+  }
+  return out;
+}
+
+function numericList(value: unknown): number[] {
+  if (!Array.isArray(value)) return [];
+  return value
+    .map(Number)
+    .filter((n) => Number.isFinite(n) && n > 0 && n <= 1)
+    .sort((a, b) => a - b);
+}

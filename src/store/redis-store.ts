@@ -1,0 +1,204 @@
+// The shared counter store: every Check is one EVALSHA of check-and-reserve.lua, so limits hold across
+// replicas and racing requests. Redis trouble must surface as a fast rejection (the caller's failure
+// policy decides what then happens), never as a hang past Envoy's deadline or a crashed process.
+import fs from 'node:fs';
+import { Redis, type RedisOptions } from 'ioredis';
+import {
+  COUNTER_GRACE_MS,
+  TOTAL_FIELD,
+  assertValidCheckRequest,
+  endpointField,
+  normalizePercents,
+  storeKeys,
+  type StoreKeyOptions,
+  type TenantKeys,
+} from './keys.js';
+import { parseCheckAndReserveReply, parseUsageHash } from './parse-reply.js';
+import type { CheckAndReserveRequest, CheckAndReserveResult, CounterStore, PeriodUsage } from './types.js';
+
+export interface RedisStoreOptions {
+  /** Used when no `client` is given; defaults to redis://127.0.0.1:6379. */
+  readonly url?: string;
+  /** A client owned by the caller: the store does not quit it on close(). */
+  readonly client?: Redis;
+  readonly prefix?: string;
+  /** Wrap tenants in `{}` in key names so a tenant's keys share a Redis Cluster slot. */
+  readonly cluster?: boolean;
+  /** Upper bound of every store call, including a wait for a connection in progress. Default 100. */
+  readonly commandTimeoutMs?: number;
+  /** Connection errors (reported again on every failed reconnect); without it they are dropped. */
+  readonly onError?: (err: Error) => void;
+}
+
+export interface RedisCounterStore extends CounterStore {
+  /** The underlying client, for tests and diagnostics. */
+  readonly redis: Redis;
+  /** The key names this store uses for a tenant. */
+  keys(tenantId: string): TenantKeys;
+}
+
+const DEFAULT_COMMAND_TIMEOUT_MS = 100;
+const MAX_RECONNECT_DELAY_MS = 2_000;
+// Prefixed names, so a client shared with other code cannot have a command of the same name.
+const CHECK_COMMAND = 'usageLimiterCheckAndReserve';
+const RELEASE_COMMAND = 'usageLimiterRelease';
+
+interface ScriptCommands {
+  [CHECK_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
+  [RELEASE_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
+}
+
+let scripts: { checkAndReserve: string; release: string } | undefined;
+
+// Read on first use rather than at import, so a process that runs with the memory store never needs them.
+function loadScripts(): { checkAndReserve: string; release: string } {
+  scripts ??= {
+    checkAndReserve: fs.readFileSync(new URL('./check-and-reserve.lua', import.meta.url), 'utf8'),
+    release: fs.readFileSync(new URL('./release.lua', import.meta.url), 'utf8'),
+  };
+  return scripts;
+}
+
+/** Client options that make failures fast: a Check must never wait on a Redis that is not there. */
+export function redisClientOptions(commandTimeoutMs: number): RedisOptions {
+  return {
+    commandTimeout: commandTimeoutMs,
+    connectTimeout: Math.max(1_000, commandTimeoutMs * 10),
+    // While disconnected, commands fail at once instead of queueing until a reconnect.
+    enableOfflineQueue: false,
+    maxRetriesPerRequest: 1,
+    // A reservation lost with its connection must not be replayed later: its Check has already been
+    // answered (by the failure policy), and a replay would count a unit twice.
+    autoResendUnfulfilledCommands: false,
+    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS),
+  };
+}
+
+export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStore {
+  const timeoutMs = opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  const owned = opts.client === undefined;
+  const client = opts.client ?? new Redis(opts.url ?? 'redis://127.0.0.1:6379', redisClientOptions(timeoutMs));
+  // An 'error' event without a listener kills Node; a dead Redis must only fail calls.
+  client.on('error', (err: Error) => opts.onError?.(err));
+
+  const { checkAndReserve: checkLua, release: releaseLua } = loadScripts();
+  // defineCommand sends EVALSHA, falling back to EVAL on NOSCRIPT: one round trip per call.
+  client.defineCommand(CHECK_COMMAND, { lua: checkLua });
+  client.defineCommand(RELEASE_COMMAND, { lua: releaseLua });
+  const commands = client as unknown as ScriptCommands;
+  const keyOpts: StoreKeyOptions = { prefix: opts.prefix ?? '', cluster: opts.cluster ?? false };
+
+  // One shared wait for a connection attempt in progress, so a burst of Checks adds one listener pair.
+  let connecting: Promise<void> | null = null;
+  function connected(): Promise<void> {
+    connecting ??= new Promise<void>((resolve, reject) => {
+      const settle = (err?: Error): void => {
+        client.off('ready', onReady);
+        client.off('close', onClose);
+        connecting = null;
+        if (err) reject(err);
+        else resolve();
+      };
+      const onReady = (): void => settle();
+      const onClose = (): void => settle(new Error('Redis connection closed before it was ready'));
+      client.on('ready', onReady);
+      client.on('close', onClose);
+    });
+    return connecting;
+  }
+
+  /** Runs `op` once the client is ready, all within timeoutMs, and never sends it after giving up. */
+  function run<T>(what: string, op: () => Promise<T>): Promise<T> {
+    const status = client.status;
+    if (status !== 'ready') {
+      if (status === 'wait') client.connect().catch(() => {});
+      // Only a connection attempt under way is worth waiting for; 'reconnecting' means it is known down.
+      else if (status !== 'connecting' && status !== 'connect') {
+        return Promise.reject(new Error(`Redis ${what} failed: not connected (${status})`));
+      }
+    }
+    let expired = false;
+    let timer: NodeJS.Timeout | undefined;
+    const deadline = new Promise<never>((_, reject) => {
+      timer = setTimeout(() => {
+        expired = true;
+        reject(new Error(`Redis ${what} timed out after ${timeoutMs} ms`));
+      }, timeoutMs);
+    });
+    const work = (async () => {
+      if (client.status !== 'ready') await connected();
+      if (expired) throw new Error(`Redis ${what} timed out after ${timeoutMs} ms`);
+      return op();
+    })();
+    // Whichever loses the race must not surface as an unhandled rejection.
+    work.catch(() => {});
+    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+  }
+
+  return {
+    get redis() {
+      return client;
+    },
+
+    keys: (tenantId) => storeKeys(keyOpts, tenantId),
+
+    async checkAndReserve(req: CheckAndReserveRequest): Promise<CheckAndReserveResult> {
+      assertValidCheckRequest(req);
+      const k = storeKeys(keyOpts, req.tenantId);
+      const rr = req.readRate;
+      const q = req.quota;
+      const percents = q ? normalizePercents(q.thresholdPercents) : [];
+      const keys = [k.readRate, k.readRateSeq];
+      if (q) {
+        keys.push(k.usage(q.period));
+        for (const p of percents) keys.push(k.threshold(q.endpoint, q.period, p));
+        if (q.totalLimit !== null) for (const p of percents) keys.push(k.threshold(TOTAL_FIELD, q.period, p));
+      }
+      const args = [
+        String(req.nowMs),
+        rr ? String(rr.limit) : '-1',
+        rr ? String(rr.windowMs) : '1',
+        q ? '1' : '0',
+        q ? endpointField(q.endpoint) : '',
+        q ? String(q.endpointLimit) : '0',
+        q && q.totalLimit !== null ? String(q.totalLimit) : '-1',
+        q ? String(q.periodEndMs + COUNTER_GRACE_MS) : '0',
+        String(percents.length),
+        ...percents.map(String),
+      ];
+      const reply = await run('checkAndReserve', () => commands[CHECK_COMMAND](keys.length, ...keys, ...args));
+      return parseCheckAndReserveReply(reply);
+    },
+
+    async release(tenantId: string, period: string, endpoint: string, units: number): Promise<void> {
+      if (!Number.isSafeInteger(units) || units < 0) {
+        throw new RangeError(`units must be an integer >= 0, got ${units}`);
+      }
+      if (units === 0) return;
+      const key = storeKeys(keyOpts, tenantId).usage(period);
+      await run('release', () => commands[RELEASE_COMMAND](1, key, endpointField(endpoint), String(units)));
+    },
+
+    async usage(tenantId: string, period: string): Promise<PeriodUsage> {
+      const key = storeKeys(keyOpts, tenantId).usage(period);
+      return parseUsageHash(await run('usage', () => client.hgetall(key)));
+    },
+
+    async ping(): Promise<void> {
+      await run('ping', () => client.ping());
+    },
+
+    async close(): Promise<void> {
+      if (!owned || client.status === 'end') return;
+      if (client.status === 'ready') {
+        try {
+          await client.quit();
+          return;
+        } catch {
+          // Fall through: a quit that fails leaves nothing worth waiting for.
+        }
+      }
+      client.disconnect();
+    },
+  };
+}

@@ -24,9 +24,11 @@ interface HeaderValueOption {
   append_action: 'OVERWRITE_IF_EXISTS_OR_ADD';
 }
 
+// google.protobuf.Value comes from protobufjs's built-in well-known types, whose field names are camelCase
+// whatever `keepCase` says: `string_value` would be silently dropped on the wire.
 interface StructValue {
-  string_value?: string;
-  bool_value?: boolean;
+  stringValue?: string;
+  boolValue?: boolean;
 }
 
 export interface CheckResponseMessage {
@@ -37,7 +39,8 @@ export interface CheckResponseMessage {
     response_headers_to_add: HeaderValueOption[];
   };
   denied_response?: {
-    status: { code: number };
+    /** A number when encoding; decodes as the enum name (see protos.ts httpStatusNumber). */
+    status: { code: number | string };
     headers: HeaderValueOption[];
     body: string;
   };
@@ -131,15 +134,15 @@ export function toCheckResponse(decision: Decision, requestId: string): CheckRes
   else headersToRemove.push(DEGRADED_HEADER);
 
   const fields: Record<string, StructValue> = {
-    tenant_id: { string_value: decision.tenantId },
-    tier: { string_value: decision.tierId },
-    request_id: { string_value: requestId },
-    reserved: { bool_value: decision.metering !== null },
-    degraded: { bool_value: decision.degraded },
+    tenant_id: { stringValue: decision.tenantId },
+    tier: { stringValue: decision.tierId },
+    request_id: { stringValue: requestId },
+    reserved: { boolValue: decision.metering !== null },
+    degraded: { boolValue: decision.degraded },
   };
   if (decision.metering !== null) {
-    fields.endpoint = { string_value: decision.metering.endpoint };
-    fields.period = { string_value: decision.metering.period };
+    fields.endpoint = { stringValue: decision.metering.endpoint };
+    fields.period = { stringValue: decision.metering.period };
   }
   return {
     status: { code: 0 },

@@ -29,18 +29,38 @@ export const LOADER_OPTIONS: protoLoader.Options = {
   includeDirs: PROTO_INCLUDE_DIRS,
 };
 
+let definition: protoLoader.PackageDefinition | null = null;
 let cached: grpc.GrpcObject | null = null;
+
+function packageDefinition(): protoLoader.PackageDefinition {
+  definition ??= protoLoader.loadSync(
+    ['envoy/service/auth/v3/external_auth.proto', 'envoy/service/accesslog/v3/als.proto'],
+    LOADER_OPTIONS,
+  );
+  return definition;
+}
 
 /** The loaded Envoy services used by the server and the `check` CLI. Loaded once per process. */
 export function envoyProtos(): grpc.GrpcObject {
-  if (cached === null) {
-    const def = protoLoader.loadSync(
-      ['envoy/service/auth/v3/external_auth.proto', 'envoy/service/accesslog/v3/als.proto'],
-      LOADER_OPTIONS,
-    );
-    cached = grpc.loadPackageDefinition(def);
-  }
+  cached ??= grpc.loadPackageDefinition(packageDefinition());
   return cached;
+}
+
+let httpStatusByName: Map<string, number> | null = null;
+
+/**
+ * `envoy.type.v3.HttpStatus.code` decodes as an enum name (`TooManyRequests`); clients want the number.
+ * Read from the proto's own enum descriptor rather than a copied table.
+ */
+export function httpStatusNumber(code: string | number | undefined): number {
+  if (typeof code === 'number') return code;
+  if (httpStatusByName === null) {
+    const desc = packageDefinition()['envoy.type.v3.StatusCode'] as unknown as {
+      type: { value: Array<{ name: string; number: number }> };
+    };
+    httpStatusByName = new Map(desc.type.value.map((v) => [v.name, v.number]));
+  }
+  return code === undefined ? Number.NaN : (httpStatusByName.get(code) ?? Number(code));
 }
 
 function lookup(root: grpc.GrpcObject, dotted: string): unknown {

@@ -48,9 +48,9 @@ describe('toCheckResponse', () => {
     const all = [...(r.ok_response?.headers ?? []), ...(r.ok_response?.response_headers_to_add ?? [])];
     expect(all.every((h) => h.append_action === 'OVERWRITE_IF_EXISTS_OR_ADD' && !('append' in h))).toBe(true);
     expect(r.dynamic_metadata?.fields).toEqual({
-      tenant_id: { string_value: 't' }, tier: { string_value: 'free' }, request_id: { string_value: 'rid' },
-      reserved: { bool_value: true }, degraded: { bool_value: false },
-      endpoint: { string_value: '/verify' }, period: { string_value: '2025-09' },
+      tenant_id: { stringValue: 't' }, tier: { stringValue: 'free' }, request_id: { stringValue: 'rid' },
+      reserved: { boolValue: true }, degraded: { boolValue: false },
+      endpoint: { stringValue: '/verify' }, period: { stringValue: '2025-09' },
     });
   });
 

@@ -1,0 +1,146 @@
+import path from 'node:path';
+import type { Config } from './config/env.js';
+import { describeConfig } from './config/env.js';
+import { applyFile } from './admin/apply.js';
+import { openDatabase, type DatabaseHandle } from './db/client.js';
+import { runMigrations } from './db/migrate.js';
+import { KeyCache } from './directory/key-cache.js';
+import { createPgDirectory } from './directory/pg-directory.js';
+import { startGrpcServer, type RunningGrpcServer } from './grpc/server.js';
+import { startHttpServer, type RunningHttpServer } from './http/server.js';
+import type { Logger } from './logger.js';
+import { renderMetrics } from './metrics.js';
+import { CheckService } from './service/check-service.js';
+import { createMemoryStore } from './store/memory-store.js';
+import { createRedisStore } from './store/redis-store.js';
+import type { CounterStore } from './store/types.js';
+
+// The one place that chooses implementations and wires them. Start order: database (migrate, apply),
+// directory and key cache, counter store, gRPC, HTTP; shutdown runs in reverse.
+
+export interface AppOptions {
+  readonly logger: Logger;
+  /** The clock for every decision; tests pin it. */
+  readonly now?: () => number;
+  /** Use this store instead of building one from the config (tests). */
+  readonly store?: CounterStore;
+}
+
+export interface App {
+  readonly grpcPort: number;
+  readonly httpPort: number;
+  readonly store: CounterStore;
+  readonly database: DatabaseHandle;
+  readonly keyCache: KeyCache;
+  readonly checkService: CheckService;
+  /** Not serving, drain in-flight Checks (up to `graceMs`), then close in reverse order. */
+  stop(graceMs?: number): Promise<void>;
+}
+
+function buildStore(config: Config, logger: Logger): CounterStore {
+  if (config.redisUrl) {
+    return createRedisStore({
+      url: config.redisUrl,
+      prefix: config.redisKeyPrefix,
+      commandTimeoutMs: config.checkTimeoutMs,
+    });
+  }
+  logger.warn(
+    { event: 'store.memory' },
+    'REDIS_URL not set: counters are kept in process memory and are NOT shared between replicas',
+  );
+  return createMemoryStore();
+}
+
+export async function startApp(config: Config, opts: AppOptions): Promise<App> {
+  const { logger } = opts;
+  const now = opts.now ?? Date.now;
+  logger.info({ config: describeConfig(config) }, 'starting usage-limiter');
+
+  const cleanups: Array<() => Promise<void>> = [];
+  const closeAll = async () => {
+    for (const fn of cleanups.reverse()) {
+      try {
+        await fn();
+      } catch (err) {
+        logger.warn({ err: err instanceof Error ? err.message : String(err) }, 'error while closing');
+      }
+    }
+  };
+
+  try {
+    const dataDir = path.resolve(config.dataDir, 'pglite');
+    const database = await openDatabase(
+      config.databaseUrl ? { url: config.databaseUrl, logger } : { dataDir, logger },
+    );
+    cleanups.push(() => database.close());
+    if (!config.databaseUrl) logger.info({ dataDir }, 'DATABASE_URL not set: using embedded PGlite');
+    if (config.migrateOnStart) await runMigrations(database);
+    if (config.applyOnStart) {
+      const summary = await applyFile(database, config.applyOnStart);
+      logger.info({ file: config.applyOnStart, summary }, 'applied tenants file');
+    }
+
+    const directory = createPgDirectory(database);
+    const keyCache = new KeyCache(directory, {
+      ttlMs: config.keyCacheTtlMs,
+      negativeTtlMs: config.keyCacheNegativeTtlMs,
+      maxEntries: config.keyCacheMaxEntries,
+      pollMs: config.directoryPollMs,
+      now,
+      logger,
+    });
+    keyCache.start();
+    cleanups.push(async () => keyCache.stop());
+
+    const store: CounterStore = opts.store ?? buildStore(config, logger);
+    if (opts.store === undefined) cleanups.push(() => store.close());
+
+    const checkService = new CheckService({ cache: keyCache, store, now, logger, timeoutMs: config.checkTimeoutMs });
+    let serving = false;
+
+    const grpc: RunningGrpcServer = await startGrpcServer({ checkService, logger }, config.grpcHost, config.grpcPort);
+    cleanups.push(() => grpc.shutdown(0));
+    const http: RunningHttpServer = await startHttpServer(
+      {
+        logger,
+        isServing: () => serving,
+        readiness: [
+          { name: 'redis', check: () => store.ping() },
+          { name: 'postgres', check: () => database.ping() },
+        ],
+        metrics: () => renderMetrics({ checkService, keyCache }),
+      },
+      config.httpHost,
+      config.httpPort,
+    );
+    cleanups.push(() => http.close());
+
+    serving = true;
+    grpc.setServing('SERVING');
+    logger.info({ grpcPort: grpc.port, httpPort: http.port }, 'usage-limiter serving');
+
+    let stopping: Promise<void> | null = null;
+    return {
+      grpcPort: grpc.port,
+      httpPort: http.port,
+      store,
+      database,
+      keyCache,
+      checkService,
+      stop: (graceMs = 10_000) => {
+        stopping ??= (async () => {
+          serving = false;
+          logger.info({ graceMs }, 'shutting down: not serving, draining in-flight Checks');
+          await grpc.shutdown(graceMs);
+          await closeAll();
+          logger.info('shutdown complete');
+        })();
+        return stopping;
+      },
+    };
+  } catch (err) {
+    await closeAll();
+    throw err;
+  }
+}

@@ -1,0 +1,137 @@
+import { parseArgs } from 'node:util';
+import { applyFile } from './admin/apply.js';
+import { startApp } from './app.js';
+import { renderCheckResponse, sendCheck } from './cli/check-command.js';
+import { ConfigError, loadConfig } from './config/env.js';
+import { openDatabase } from './db/client.js';
+import { runMigrations } from './db/migrate.js';
+import { createLogger } from './logger.js';
+import path from 'node:path';
+
+const USAGE = `usage-limiter — Envoy ext_authz server for API keys, read-rate limits and monthly quotas
+
+Commands:
+  serve                      run the gRPC (GRPC_PORT, 9191) and HTTP (HTTP_PORT, 8081) servers (default)
+  migrate                    apply database migrations and exit
+  apply -f FILE.yaml         upsert tiers, tenants and keys from FILE (all or nothing)
+  check --key K [--method GET] [--path /usage] [--target 127.0.0.1:9191]
+        [--header name:value ...] [--request-id ID] [--timeout-ms 2000]
+                             send one Envoy-shaped CheckRequest and print the answer as HTTP
+
+Configuration comes from environment variables; see the README's configuration table.`;
+
+function databaseOptions(config: ReturnType<typeof loadConfig>) {
+  return config.databaseUrl
+    ? { url: config.databaseUrl }
+    : { dataDir: path.resolve(config.dataDir, 'pglite') };
+}
+
+async function serve(): Promise<number> {
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel);
+  const app = await startApp(config, { logger });
+  // Never let a stray rejection or exception take down a process that is answering Envoy: log it loudly.
+  process.on('unhandledRejection', (err) => logger.error({ event: 'process.unhandled_rejection', err: String(err) }, 'unhandled rejection'));
+  await new Promise<void>((resolve) => {
+    const onSignal = (sig: NodeJS.Signals) => {
+      logger.info({ signal: sig }, 'signal received');
+      void app.stop().then(resolve);
+    };
+    process.once('SIGTERM', onSignal);
+    process.once('SIGINT', onSignal);
+  });
+  return 0;
+}
+
+async function migrate(): Promise<number> {
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel);
+  const db = await openDatabase({ ...databaseOptions(config), logger });
+  try {
+    await runMigrations(db);
+    logger.info('migrations applied');
+  } finally {
+    await db.close();
+  }
+  return 0;
+}
+
+async function apply(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { file: { type: 'string', short: 'f' } }, strict: true });
+  if (!values.file) throw new Error('apply needs -f FILE.yaml');
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel);
+  const db = await openDatabase({ ...databaseOptions(config), logger });
+  try {
+    if (config.migrateOnStart) await runMigrations(db);
+    const summary = await applyFile(db, values.file);
+    process.stdout.write(`${JSON.stringify(summary, null, 2)}\n`);
+  } finally {
+    await db.close();
+  }
+  return 0;
+}
+
+async function check(args: string[]): Promise<number> {
+  const { values } = parseArgs({
+    args,
+    options: {
+      key: { type: 'string' },
+      method: { type: 'string', default: 'GET' },
+      path: { type: 'string', default: '/usage' },
+      target: { type: 'string' },
+      header: { type: 'string', multiple: true, default: [] },
+      'request-id': { type: 'string' },
+      'timeout-ms': { type: 'string', default: '2000' },
+    },
+    strict: true,
+  });
+  const headers = (values.header ?? []).map((h) => {
+    const i = h.indexOf(':');
+    if (i <= 0) throw new Error(`--header must be name:value, got "${h}"`);
+    return [h.slice(0, i).trim(), h.slice(i + 1).trim()] as const;
+  });
+  const timeoutMs = Number(values['timeout-ms']);
+  if (!Number.isFinite(timeoutMs) || timeoutMs <= 0) throw new Error('--timeout-ms must be a positive number');
+  const res = await sendCheck({
+    key: values.key,
+    method: (values.method ?? 'GET').toUpperCase(),
+    path: values.path ?? '/usage',
+    target: values.target ?? `127.0.0.1:${process.env.GRPC_PORT ?? 9191}`,
+    headers,
+    requestId: values['request-id'],
+    timeoutMs,
+  });
+  process.stdout.write(`${renderCheckResponse(res)}\n`);
+  return 0;
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const [command = 'serve', ...rest] = argv;
+  try {
+    switch (command) {
+      case 'serve':
+        return await serve();
+      case 'migrate':
+        return await migrate();
+      case 'apply':
+        return await apply(rest);
+      case 'check':
+        return await check(rest);
+      case 'help':
+      case '--help':
+      case '-h':
+        process.stdout.write(`${USAGE}\n`);
+        return 0;
+      default:
+        process.stderr.write(`unknown command "${command}"\n\n${USAGE}\n`);
+        return 2;
+    }
+  } catch (err) {
+    if (err instanceof ConfigError) {
+      process.stderr.write(`usage-limiter: ${err.message}\n`);
+      return 78; // EX_CONFIG
+    }
+    throw err;
+  }
+}

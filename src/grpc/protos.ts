@@ -5,8 +5,10 @@ import * as protoLoader from '@grpc/proto-loader';
 
 // Envoy's exact API protos ship inside @grpc/grpc-js-xds (deps/). They are loaded at start with
 // protobufjs (through proto-loader); nothing is hand-written or copied. Debian's protoc cannot compile them
-// (its bundled validate.proto predates `ignore_empty`), and protobufjs's reflection codegen decodes a
-// CheckRequest as fast as statically generated code would (see bench/decode.ts).
+// (its bundled validate.proto predates `ignore_empty`), and google-protobuf's generator does not install
+// from npm. Statically generated protobufjs code compiles to the same decoder as reflection: measured with
+// bench/decode.ts on a 687-byte, 16-header CheckRequest, proto-loader's deserializer takes 11.3 µs and a
+// bare protobufjs Type.decode 9.3 µs, so reflection it is; decoding only the fields used is the next step.
 
 const require = createRequire(import.meta.url);
 const XDS_DEPS = path.join(path.dirname(require.resolve('@grpc/grpc-js-xds/package.json')), 'deps');

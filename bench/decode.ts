@@ -11,7 +11,7 @@ const require = createRequire(import.meta.url);
 import { buildCheckRequest } from '../src/cli/check-command.js';
 import { authorizationService, PROTO_INCLUDE_DIRS } from '../src/grpc/protos.js';
 
-const def = authorizationService().service.Check;
+const def = authorizationService().service.Check!;
 const request = buildCheckRequest({
   key: 'vk_live_FREE_PLAN_KEY',
   method: 'GET',

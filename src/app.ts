@@ -128,7 +128,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
       database,
       keyCache,
       checkService,
-      stop: (graceMs = 10_000) => {
+      stop: (graceMs = config.shutdownGraceMs) => {
         stopping ??= (async () => {
           serving = false;
           logger.info({ graceMs }, 'shutting down: not serving, draining in-flight Checks');

@@ -44,6 +44,35 @@ const schema = z.object({
   STRIPE_SECRET_KEY: optionalString,
   STRIPE_WEBHOOK_SECRET: optionalString,
   STRIPE_API_BASE: optionalString.pipe(z.string().url().optional()),
+  // One meter event name for every endpoint (the endpoint travels in the payload), unless STRIPE_METERS
+  // maps endpoints to their own event names as JSON, e.g. {"/verify":"verify_calls"}.
+  STRIPE_METER_EVENT: z.string().min(1).max(100).default('api_requests'),
+  STRIPE_METERS: optionalString.pipe(
+    z
+      .string()
+      .transform((v, ctx) => {
+        try {
+          const parsed: unknown = JSON.parse(v);
+          if (parsed && typeof parsed === 'object' && !Array.isArray(parsed) && Object.values(parsed).every((x) => typeof x === 'string' && x.length > 0 && x.length <= 100)) {
+            return parsed as Record<string, string>;
+          }
+        } catch {
+          // fall through to the issue below
+        }
+        ctx.addIssue({ code: 'custom', message: 'must be a JSON object mapping endpoints to meter event names' });
+        return z.NEVER;
+      })
+      .optional(),
+  ),
+  USAGE_REPORT_INTERVAL_SECONDS: positiveInt.max(86_400).default(60),
+  /** How long a reservation waits for its access-log entry before it counts as settled. */
+  SETTLEMENT_WINDOW_SECONDS: positiveInt.max(3600).default(120),
+  ALERT_WEBHOOK_URL: optionalString.pipe(z.string().url().optional()),
+  ALERT_WEBHOOK_SECRET: optionalString,
+  /** Denials of one tenant within the window that raise a `usage.repeated_violations` alert (once per window). */
+  VIOLATION_ALERT_COUNT: positiveInt.default(100),
+  VIOLATION_ALERT_WINDOW_SECONDS: positiveInt.default(300),
+  SHUTDOWN_GRACE_SECONDS: positiveInt.max(300).default(10),
 });
 
 export interface Config {
@@ -69,6 +98,16 @@ export interface Config {
   readonly stripeSecretKey: string | undefined;
   readonly stripeWebhookSecret: string | undefined;
   readonly stripeApiBase: string | undefined;
+  readonly stripeMeterEvent: string;
+  /** Endpoint → meter event name; endpoints not listed use `stripeMeterEvent`. */
+  readonly stripeMeters: Readonly<Record<string, string>>;
+  readonly usageReportIntervalMs: number;
+  readonly settlementWindowMs: number;
+  readonly alertWebhookUrl: string | undefined;
+  readonly alertWebhookSecret: string | undefined;
+  readonly violationAlertCount: number;
+  readonly violationAlertWindowMs: number;
+  readonly shutdownGraceMs: number;
 }
 
 export class ConfigError extends Error {
@@ -113,6 +152,15 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     stripeSecretKey: e.STRIPE_SECRET_KEY,
     stripeWebhookSecret: e.STRIPE_WEBHOOK_SECRET,
     stripeApiBase: e.STRIPE_API_BASE,
+    stripeMeterEvent: e.STRIPE_METER_EVENT,
+    stripeMeters: Object.freeze({ ...(e.STRIPE_METERS ?? {}) }),
+    usageReportIntervalMs: e.USAGE_REPORT_INTERVAL_SECONDS * 1000,
+    settlementWindowMs: e.SETTLEMENT_WINDOW_SECONDS * 1000,
+    alertWebhookUrl: e.ALERT_WEBHOOK_URL,
+    alertWebhookSecret: e.ALERT_WEBHOOK_SECRET,
+    violationAlertCount: e.VIOLATION_ALERT_COUNT,
+    violationAlertWindowMs: e.VIOLATION_ALERT_WINDOW_SECONDS * 1000,
+    shutdownGraceMs: e.SHUTDOWN_GRACE_SECONDS * 1000,
   };
   return Object.freeze(config);
 }
@@ -135,5 +183,6 @@ export function describeConfig(c: Config): Record<string, unknown> {
     redisUrl: maskUrl(c.redisUrl) ?? '(in-process memory)',
     stripeSecretKey: c.stripeSecretKey ? '***' : undefined,
     stripeWebhookSecret: c.stripeWebhookSecret ? '***' : undefined,
+    alertWebhookSecret: c.alertWebhookSecret ? '***' : undefined,
   };
 }

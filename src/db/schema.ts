@@ -3,6 +3,8 @@
 import { sql } from 'drizzle-orm';
 import {
   bigint,
+  bigserial,
+  primaryKey,
   check,
   index,
   integer,
@@ -29,6 +31,8 @@ export const tiers = pgTable(
     quotaEndpoints: jsonb('quota_endpoints').$type<Record<string, number>>().notNull().default({}),
     alertThresholds: jsonb('alert_thresholds').$type<number[]>().notNull().default([0.8, 0.9, 1.0]),
     failurePolicy: text('failure_policy', { enum: ['allow', 'deny'] }).notNull().default('allow'),
+    /** Stripe price lookup keys or price ids that map a subscription to this tier (webhook sync). */
+    stripePrices: jsonb('stripe_prices').$type<string[]>().notNull().default([]),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -39,6 +43,7 @@ export const tiers = pgTable(
     check('tiers_quota_endpoints_object', sql`jsonb_typeof(quota_endpoints) = 'object'`),
     check('tiers_alert_thresholds_array', sql`jsonb_typeof(alert_thresholds) = 'array'`),
     check('tiers_failure_policy', sql`failure_policy IN ('allow', 'deny')`),
+    check('tiers_stripe_prices_array', sql`jsonb_typeof(stripe_prices) = 'array'`),
   ],
 );
 
@@ -51,8 +56,11 @@ export const tenants = pgTable(
       .references(() => tiers.id, { onDelete: 'restrict', onUpdate: 'cascade' }),
     status: text('status', { enum: ['active', 'suspended'] }).notNull().default('active'),
     stripeCustomerId: text('stripe_customer_id'),
+    stripeSubscriptionId: text('stripe_subscription_id'),
     // Null: the billing period is the UTC calendar month.
     billingAnchor: timestamp('billing_anchor', { withTimezone: true }),
+    /** Where this tenant's own alerts are POSTed (besides the global ALERT_WEBHOOK_URL). */
+    alertWebhookUrl: text('alert_webhook_url'),
     createdAt: createdAt(),
     updatedAt: updatedAt(),
   },
@@ -93,6 +101,64 @@ export const directoryVersion = pgTable(
     version: bigint('version', { mode: 'bigint' }).notNull().default(sql`0`),
   },
   () => [check('directory_version_single_row', sql`id = 1`)],
+);
+
+/** Stripe webhook events already processed, so a replayed delivery changes nothing. */
+export const stripeEvents = pgTable('stripe_events', {
+  id: text('id').primaryKey(),
+  type: text('type').notNull(),
+  /** The event's own `created` (Stripe may deliver out of order). */
+  stripeCreatedAt: timestamp('stripe_created_at', { withTimezone: true }).notNull(),
+  receivedAt: timestamp('received_at', { withTimezone: true }).notNull().defaultNow(),
+});
+
+/**
+ * Durable usage-reporting progress per tenant, endpoint and period: units confirmed as sent to Stripe, and
+ * the batch in flight (written before sending, so a crash between sending and recording re-sends the same
+ * identifier, which Stripe de-duplicates). No foreign key: billing history outlives a deleted tenant.
+ */
+export const usageReports = pgTable(
+  'usage_reports',
+  {
+    tenantId: text('tenant_id').notNull(),
+    endpoint: text('endpoint').notNull(),
+    period: text('period').notNull(),
+    reportedUnits: bigint('reported_units', { mode: 'number' }).notNull().default(0),
+    pendingIdentifier: text('pending_identifier'),
+    pendingUnits: bigint('pending_units', { mode: 'number' }),
+    pendingSince: timestamp('pending_since', { withTimezone: true }),
+    updatedAt: updatedAt(),
+  },
+  (t) => [
+    primaryKey({ columns: [t.tenantId, t.endpoint, t.period] }),
+    check('usage_reports_units_non_negative', sql`reported_units >= 0 AND (pending_units IS NULL OR pending_units > 0)`),
+  ],
+);
+
+/**
+ * Alerts waiting for (or done with) webhook delivery: one row per alert and target, written before any
+ * attempt, so a restart or a receiver outage loses none. `dedupe_key` makes enqueueing idempotent.
+ */
+export const alertOutbox = pgTable(
+  'alert_outbox',
+  {
+    id: bigserial('id', { mode: 'number' }).primaryKey(),
+    dedupeKey: text('dedupe_key').notNull().unique('alert_outbox_dedupe_key_key'),
+    tenantId: text('tenant_id').notNull(),
+    kind: text('kind').notNull(),
+    /** `global` (ALERT_WEBHOOK_URL) or `tenant` (tenants.alert_webhook_url). */
+    target: text('target', { enum: ['global', 'tenant'] }).notNull(),
+    payload: jsonb('payload').$type<Record<string, unknown>>().notNull(),
+    createdAt: createdAt(),
+    attempts: integer('attempts').notNull().default(0),
+    nextAttemptAt: timestamp('next_attempt_at', { withTimezone: true }).notNull().defaultNow(),
+    deliveredAt: timestamp('delivered_at', { withTimezone: true }),
+    lastError: text('last_error'),
+  },
+  (t) => [
+    index('alert_outbox_due_idx').on(t.nextAttemptAt).where(sql`delivered_at IS NULL`),
+    check('alert_outbox_target', sql`target IN ('global', 'tenant')`),
+  ],
 );
 
 export type TierRow = typeof tiers.$inferSelect;

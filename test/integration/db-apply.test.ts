@@ -69,7 +69,7 @@ describe.skipIf(!pgAvailable)('Postgres directory', () => {
     await runMigrations(handle);
     const tables = await raw`
       select table_name from information_schema.tables where table_schema = 'public' order by table_name`;
-    expect(tables.map((r) => r.table_name)).toEqual(['api_keys', 'directory_version', 'tenants', 'tiers']);
+    expect(tables.map((r) => r.table_name)).toEqual(['alert_outbox', 'api_keys', 'directory_version', 'stripe_events', 'tenants', 'tiers', 'usage_reports']);
     const triggers = await raw`select count(*)::int as n from information_schema.triggers where trigger_schema = 'public'`;
     expect(triggers[0]?.n).toBeGreaterThanOrEqual(9);
     expect(await directory.version()).toBe(0n);

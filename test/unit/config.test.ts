@@ -31,6 +31,8 @@ describe('loadConfig', () => {
     [{ CHECK_TIMEOUT_MS: '0' }, 'CHECK_TIMEOUT_MS'],
     [{ MIGRATE_ON_START: 'maybe' }, 'MIGRATE_ON_START'],
     [{ STRIPE_API_BASE: 'not a url' }, 'STRIPE_API_BASE'],
+    [{ STRIPE_METERS: '{"/verify": 3}' }, 'STRIPE_METERS'],
+    [{ ALERT_WEBHOOK_URL: 'nope' }, 'ALERT_WEBHOOK_URL'],
   ])('%o is rejected naming %s', (env, name) => {
     const p = problems(env as Record<string, string>);
     expect(p).toHaveLength(1);
@@ -44,8 +46,8 @@ describe('loadConfig', () => {
   });
 
   it('describeConfig masks secrets and passwords', () => {
-    const c = loadConfig({ DATABASE_URL: 'postgres://u:pw@h/db', REDIS_URL: 'redis://:rpw@h:6379', STRIPE_SECRET_KEY: 'sk_test_123', STRIPE_WEBHOOK_SECRET: 'whsec_1' });
+    const c = loadConfig({ DATABASE_URL: 'postgres://u:pw@h/db', REDIS_URL: 'redis://:rpw@h:6379', STRIPE_SECRET_KEY: 'sk_test_123', STRIPE_WEBHOOK_SECRET: 'whsec_1', ALERT_WEBHOOK_SECRET: 'alertsec_1' });
     const text = JSON.stringify(describeConfig(c));
-    for (const secret of ['pw@', 'rpw', 'sk_test_123', 'whsec_1']) expect(text).not.toContain(secret);
+    for (const secret of ['pw@', 'rpw', 'sk_test_123', 'whsec_1', 'alertsec_1']) expect(text).not.toContain(secret);
   });
 });

@@ -1,0 +1,249 @@
+// `npm run bench`: the Check under load, next to the bare grpc-js ceiling, on this machine.
+//
+// 1. Seeds 10,000 tenants (two keys each) into a fresh Postgres database and starts a private
+//    redis-server (clean INFO commandstats) unless BENCH_REDIS_URL is given.
+// 2. Starts the real server (compiled dist/, Redis-backed) and the bare server as child processes.
+// 3. Drives both with bench/loadgen.mjs (its own process) on the same request corpus: closed loop for the
+//    maximum, then open loop at 25/50/80% of the real maximum for latency percentiles.
+// 4. Reads Redis commands and round trips per Check, Postgres transactions per warm Check and the
+//    server's RSS, prints a table and writes bench/results/latest.json.
+//
+// Options (env): BENCH_SECONDS (per phase, default 10), BENCH_SOAK_SECONDS (default 0: an extra phase at
+// 50% load sampling RSS every 10 s), BENCH_DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/test),
+// BENCH_REDIS_URL, BENCH_TENANTS (default 10000).
+import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
+import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { Redis } from 'ioredis';
+import postgres from 'postgres';
+import { corpus, population } from './corpus.js';
+
+const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
+const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 0);
+const TENANTS = Number(process.env.BENCH_TENANTS ?? 10_000);
+const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
+const ROOT = path.resolve(import.meta.dirname, '..');
+const children: ChildProcess[] = [];
+
+function log(msg: string): void {
+  process.stderr.write(`[bench] ${msg}\n`);
+}
+
+function freePort(): Promise<number> {
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer().listen(0, '127.0.0.1', () => {
+      const { port } = srv.address() as net.AddressInfo;
+      srv.close(() => resolve(port));
+    });
+    srv.once('error', reject);
+  });
+}
+
+/** Starts a child whose output goes to a log file; resolves once `ready` appears in it. */
+async function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp, logDir: string): Promise<ChildProcess> {
+  const logFile = path.join(logDir, `${name}.log`);
+  const fd = openSync(logFile, 'w');
+  const child = spawn(cmd, args, { env, cwd: ROOT, stdio: ['ignore', fd, fd] });
+  closeSync(fd);
+  children.push(child);
+  const deadline = Date.now() + 60_000;
+  for (;;) {
+    const out = readFileSync(logFile, 'utf8');
+    if (ready.test(out)) return child;
+    if (child.exitCode !== null || Date.now() > deadline) {
+      throw new Error(`${name} ${child.exitCode !== null ? `exited (${child.exitCode})` : 'not ready after 60 s'}:\n${out.slice(-2000)}`);
+    }
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+interface LoadResult {
+  ratePerSecond: number;
+  sent: number;
+  completed: number;
+  errors: number;
+  grpcStatus: Record<string, number>;
+  latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number };
+}
+
+function load(target: string, corpusFile: string, opts: { seconds: number; rate?: number }): LoadResult {
+  const args = [path.join(ROOT, 'bench/loadgen.mjs'), '--target', target, '--corpus', corpusFile, '--seconds', String(opts.seconds)];
+  if (opts.rate) args.push('--rate', String(Math.round(opts.rate)));
+  const out = execFileSync(process.execPath, args, { encoding: 'utf8', maxBuffer: 1 << 20 });
+  return JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as LoadResult;
+}
+
+function rssMb(pid: number | undefined): number {
+  const status = readFileSync(`/proc/${pid}/status`, 'utf8');
+  const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
+  return Math.round(kb / 1024);
+}
+
+async function commandStats(redis: Redis): Promise<Map<string, number>> {
+  const info = await redis.info('commandstats');
+  const m = new Map<string, number>();
+  for (const line of info.split('\n')) {
+    const hit = /^cmdstat_([^:]+):calls=(\d+)/.exec(line.trim());
+    if (hit) m.set(hit[1] ?? '', Number(hit[2]));
+  }
+  return m;
+}
+
+function diff(a: Map<string, number>, b: Map<string, number>): Record<string, number> {
+  const out: Record<string, number> = {};
+  for (const [k, v] of b) if (v - (a.get(k) ?? 0) > 0) out[k] = v - (a.get(k) ?? 0);
+  return out;
+}
+
+// Per-Check ratios divide by every request sent (the generator's warm-up second included), since the
+// Redis and Postgres counters cover the whole run.
+// Commands a client sends itself are round trips; the rest ran inside the Lua script.
+// (HSET, DEL and the like also run inside scripts, so only commands a script never issues are listed.)
+const TOP_LEVEL = new Set(['evalsha', 'eval', 'evalsha_ro', 'eval_ro', 'ping', 'info', 'hello', 'client', 'select', 'script', 'hgetall']);
+
+async function main(): Promise<void> {
+  const work = mkdtempSync(path.join(os.tmpdir(), 'ul-bench-'));
+  const dbName = `ul_bench_${process.pid}`;
+  const admin = postgres(ADMIN_URL, { max: 1, onnotice: () => {} });
+  await admin.unsafe(`CREATE DATABASE ${dbName}`);
+  const dbUrl = new URL(ADMIN_URL);
+  dbUrl.pathname = `/${dbName}`;
+  let redisUrl = process.env.BENCH_REDIS_URL;
+  try {
+    if (!redisUrl) {
+      const port = await freePort();
+      await start('redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], process.env, /Ready to accept connections/, work);
+      redisUrl = `redis://127.0.0.1:${port}`;
+    }
+    log(`redis at ${redisUrl}`);
+    const redis = new Redis(redisUrl);
+    redis.on('error', (err) => log(`redis client: ${err.message}`));
+
+    log(`seeding ${TENANTS} tenants`);
+    const pop = population(TENANTS);
+    writeFileSync(path.join(work, 'tenants.yaml'), pop.yaml);
+    const baseEnv = { PATH: process.env.PATH, HOME: process.env.HOME, DATABASE_URL: dbUrl.toString(), LOG_LEVEL: 'info' };
+    const t0 = Date.now();
+    execFileSync(process.execPath, ['bin/usage-limiter.js', 'apply', '-f', path.join(work, 'tenants.yaml')], { cwd: ROOT, env: baseEnv, stdio: 'ignore' });
+    const seedSeconds = (Date.now() - t0) / 1000;
+    const { file, mix } = corpus(pop, 20_000);
+    const corpusFile = path.join(work, 'corpus.bin');
+    writeFileSync(corpusFile, file);
+
+    const grpcPort = await freePort();
+    const httpPort = await freePort();
+    const profile = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench/results')}`] : [];
+    const server = await start(
+      'server',
+      process.execPath,
+      [...profile, 'bin/usage-limiter.js', 'serve'],
+      { ...baseEnv, REDIS_URL: redisUrl, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
+      /usage-limiter serving/,
+      work,
+    );
+    const target = `127.0.0.1:${grpcPort}`;
+    const barePort = await freePort();
+    const bare = await start('bare', process.execPath, ['bench/bare-server.mjs', String(barePort)], process.env, /listening/, work);
+
+    // Warm until every corpus entry has been sent at least once, so the measured phases meet no cold key.
+    log('warming the key cache (the whole corpus at least once)');
+    for (let sent = 0; sent < 25_000; ) sent += load(target, corpusFile, { seconds: 3 }).sent;
+    const rssWarm = rssMb(server.pid);
+
+    log(`bare grpc-js server, closed loop, ${SECONDS} s`);
+    const bareMax = load(`127.0.0.1:${barePort}`, corpusFile, { seconds: SECONDS });
+    bare.kill('SIGTERM');
+
+    log(`usage-limiter, closed loop, ${SECONDS} s`);
+    const statsBefore = await commandStats(redis);
+    const pg = postgres(dbUrl.toString(), { max: 1 });
+    const xact = async () => Number((await pg`select xact_commit from pg_stat_database where datname = ${dbName}`)[0]?.xact_commit ?? 0);
+    const xactBefore = await xact();
+    const realMax = load(target, corpusFile, { seconds: SECONDS });
+    const xactAfter = await xact();
+    const statsAfter = await commandStats(redis);
+    const cmds = diff(statsBefore, statsAfter);
+    const totalCommands = Object.values(cmds).reduce((a, b) => a + b, 0);
+    const roundTrips = Object.entries(cmds).filter(([k]) => TOP_LEVEL.has(k)).reduce((a, [, v]) => a + v, 0);
+    const scriptCalls = (cmds.evalsha ?? 0) + (cmds.eval ?? 0);
+
+    const latency: Record<string, LoadResult> = {};
+    for (const pct of [25, 50, 80]) {
+      log(`usage-limiter, open loop at ${pct}% of max, ${SECONDS} s`);
+      latency[`${pct}%`] = load(target, corpusFile, { seconds: SECONDS, rate: (realMax.ratePerSecond * pct) / 100 });
+    }
+    const rssSamples: number[] = [rssMb(server.pid)];
+    if (SOAK_SECONDS > 0) {
+      log(`soak at 50% for ${SOAK_SECONDS} s`);
+      for (let t = 0; t < SOAK_SECONDS; t += 10) {
+        load(target, corpusFile, { seconds: 10, rate: realMax.ratePerSecond / 2 });
+        rssSamples.push(rssMb(server.pid));
+      }
+    }
+    const decisions = (await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text())
+      .split('\n')
+      .filter((l) => l.startsWith('usage_limiter_check_decisions_total{'));
+    await pg.end();
+    redis.disconnect();
+
+    const result = {
+      when: new Date().toISOString(),
+      machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version },
+      tenants: TENANTS,
+      keys: TENANTS * 2,
+      seedSeconds,
+      corpus: { requests: 20_000, ...mix },
+      checksPerSecond: realMax.ratePerSecond,
+      bareChecksPerSecond: bareMax.ratePerSecond,
+      ratioToBare: Number((realMax.ratePerSecond / bareMax.ratePerSecond).toFixed(3)),
+      decisions,
+      latencyAtOfferedLoad: Object.fromEntries(
+        Object.entries(latency).map(([k, v]) => [k, { offered: v.ratePerSecond, ...v.latencyMs, errors: v.errors }]),
+      ),
+      redis: {
+        commands: cmds,
+        commandsPerCheck: Number((totalCommands / realMax.sent).toFixed(3)),
+        roundTripsPerCheck: Number((roundTrips / realMax.sent).toFixed(3)),
+        roundTripsPerRedisCheck: scriptCalls ? Number((roundTrips / scriptCalls).toFixed(3)) : null,
+        checksTouchingRedis: Number((scriptCalls / realMax.sent).toFixed(3)),
+      },
+      postgres: {
+        transactionsDuringMax: xactAfter - xactBefore,
+        transactionsPerCheck: Number(((xactAfter - xactBefore) / realMax.sent).toFixed(6)),
+        note: 'includes the directory version poll (one query a second per replica) and this measurement itself',
+      },
+      rssMb: { afterWarmup: rssWarm, afterLatencyPhases: rssSamples[0], soakSamples: rssSamples },
+    };
+    mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
+    writeFileSync(path.join(ROOT, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
+    printSummary(result);
+  } finally {
+    for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+    await new Promise((r) => setTimeout(r, 500));
+    await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
+    await admin.end();
+    rmSync(work, { recursive: true, force: true });
+  }
+}
+
+function printSummary(r: Record<string, any>): void {
+  const lines = [
+    `Checks/s (closed loop)        ${r.checksPerSecond}   bare grpc-js: ${r.bareChecksPerSecond}   ratio: ${(r.ratioToBare * 100).toFixed(1)}%`,
+    `decisions (whole run)         ${(r.decisions as string[]).map((l) => l.replace('usage_limiter_check_decisions_total', '')).join('  ')}`,
+    ...Object.entries(r.latencyAtOfferedLoad as Record<string, any>).map(
+      ([k, v]) => `latency at ${k.padEnd(4)} (${String(v.offered).padStart(5)}/s)  p50 ${v.p50.toFixed(2)} ms  p99 ${v.p99.toFixed(2)} ms  p999 ${v.p999.toFixed(2)} ms`,
+    ),
+    `Redis per Check               ${r.redis.commandsPerCheck} commands, ${r.redis.roundTripsPerCheck} round trips (${r.redis.roundTripsPerRedisCheck} per Check that touches Redis; ${(r.redis.checksTouchingRedis * 100).toFixed(0)}% do)`,
+    `Postgres per warm Check       ${r.postgres.transactionsPerCheck} (${r.postgres.transactionsDuringMax} transactions in the max phase)`,
+    `server RSS                    ${r.rssMb.afterWarmup} MB after warm-up, ${JSON.stringify(r.rssMb.soakSamples)} MB later`,
+  ];
+  process.stdout.write(`\n${lines.join('\n')}\n\nwritten to bench/results/latest.json\n`);
+}
+
+main().catch((err: unknown) => {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGTERM');
+  process.stderr.write(`bench failed: ${err instanceof Error ? err.stack : String(err)}\n`);
+  process.exit(1);
+});

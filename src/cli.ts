@@ -35,7 +35,7 @@ async function serve(): Promise<number> {
   await new Promise<void>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
       logger.info({ signal: sig }, 'signal received');
-      void app.stop().then(resolve);
+      void app.stop().then(() => logger.flush(() => resolve()));
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);

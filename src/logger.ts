@@ -24,6 +24,8 @@ const REDACT = [
  * pino JSON logs. `base` is dropped so that lines look like the seed's (`level`, fields, `msg`) plus `time`.
  * Without a destination, logs go to stdout through a buffered asynchronous writer: under load every
  * denied read logs a line, and a synchronous write per line would cost a syscall on the Check's thread.
+ * No minimum buffer: lines written while a write is pending go out together, and an idle server still
+ * shows each line at once.
  * Call `logger.flush()` before exiting (the `serve` command does on shutdown).
  */
 export function createLogger(level: string, destination?: DestinationStream): Logger {
@@ -32,5 +34,5 @@ export function createLogger(level: string, destination?: DestinationStream): Lo
     base: undefined,
     redact: { paths: REDACT, censor: '[redacted]' },
   };
-  return pino(opts, destination ?? pino.destination({ dest: 1, sync: false, minLength: 4096 }));
+  return pino(opts, destination ?? pino.destination({ dest: 1, sync: false }));
 }

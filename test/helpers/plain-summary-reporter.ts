@@ -5,7 +5,7 @@ import type { Reporter } from 'vitest/node';
 interface TaskLike {
   type: string;
   mode?: string;
-  result?: { state?: string };
+  result?: { state?: string; errors?: unknown[] };
   tasks?: TaskLike[];
 }
 
@@ -16,8 +16,11 @@ function count(tasks: readonly TaskLike[], acc: { passed: number; failed: number
       if (state === 'pass') acc.passed++;
       else if (state === 'fail') acc.failed++;
       else acc.skipped++;
-    } else if (t.tasks) {
-      count(t.tasks, acc);
+    } else {
+      // A file or suite that failed by itself (an error in beforeAll, an import that throws) fails the
+      // run while its tests show as skipped: count it as a failure so this line never says 0 failed.
+      if (t.result?.state === 'fail' && (t.result.errors?.length ?? 0) > 0) acc.failed++;
+      if (t.tasks) count(t.tasks, acc);
     }
   }
 }

@@ -192,6 +192,8 @@ export function planCheck(input: CheckInput, key: ResolvedKey | null, nowMs: num
           endpointLimit,
           totalLimit: tier.monthlyQuota.total,
           thresholdPercents: plan.thresholdPercents,
+          // A missing hash may be Redis having lost the period: the service rebuilds it before enforcing.
+          ifUsageMissing: 'report' as const,
         }
       : null;
 
@@ -207,7 +209,7 @@ export function planCheck(input: CheckInput, key: ResolvedKey | null, nowMs: num
     // Neither limit applies (e.g. a POST to an unmetered path): allowed without touching the store.
     return { kind: 'decided', decision: allow(ctx, null, null, false, []) };
   }
-  return { kind: 'store', request: { tenantId: tenant.id, nowMs, readRate, quota }, ctx };
+  return { kind: 'store', request: { tenantId: tenant.id, requestId: input.requestId, nowMs, readRate, quota }, ctx };
 }
 
 function allow(
@@ -241,6 +243,8 @@ function tightest(a: RateLimitInfo | null, b: RateLimitInfo | null): RateLimitIn
 }
 
 export function concludeCheck(ctx: PlanContext, result: CheckAndReserveResult, nowMs: number): Decision {
+  // Nothing was evaluated: the counters must be rebuilt first (the service does, then asks again).
+  if (result.usageMissing) return storeUnavailable(ctx);
   const ids = { tenantId: ctx.tenantId, tierId: ctx.tier.id };
   let readInfo: RateLimitInfo | null = null;
   const rr = result.readRate;

@@ -1,10 +1,11 @@
 import { hashApiKey } from '../core/api-key.js';
-import { concludeCheck, deny, planCheck, storeUnavailable, type Decision } from '../core/decide.js';
+import { concludeCheck, deny, planCheck, storeUnavailable, type Decision, type Plan } from '../core/decide.js';
+import type { Period } from '../core/period.js';
 import type { CheckInput } from '../core/request.js';
 import type { ResolvedKey } from '../core/types.js';
 import type { KeyCache } from '../directory/key-cache.js';
 import type { Logger } from '../logger.js';
-import type { CounterStore } from '../store/types.js';
+import type { CheckAndReserveResult, CounterStore } from '../store/types.js';
 import { logEvent } from './events.js';
 
 // Runs one Check: key cache → pure plan → one store call → pure conclusion. Every I/O step is bounded by
@@ -18,6 +19,12 @@ export interface CheckServiceDeps {
   readonly logger: Logger;
   /** Upper bound for the I/O of one Check. */
   readonly timeoutMs: number;
+  /**
+   * Rebuilds a period's counters that the store reported missing (Redis lost them, or the period is new)
+   * before the Check asks again; bounded by the Check's budget (it may finish in the background).
+   * Absent: the period is opened at zero.
+   */
+  readonly recoverUsage?: (key: ResolvedKey, period: Period) => Promise<void>;
 }
 
 export interface CheckStats {
@@ -86,7 +93,8 @@ export class CheckService {
     const plan = planCheck(input, key, now());
     if (plan.kind === 'decided') return this.emit(plan.decision);
     try {
-      const result = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
+      let result = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
+      if (result.usageMissing) result = await this.rebuildAndRetry(plan, key, budget);
       return this.emit(concludeCheck(plan.ctx, result, now()));
     } catch (err) {
       this.stats.storeErrors++;
@@ -103,6 +111,26 @@ export class CheckService {
     }}`;
     this.decisions.set(labels, (this.decisions.get(labels) ?? 0) + 1);
     return decision;
+  }
+
+  /** The period's counters are missing: rebuild them, then ask once more (a failure takes the tier's policy). */
+  private async rebuildAndRetry(
+    plan: Extract<Plan, { kind: 'store' }>,
+    key: ResolvedKey | null,
+    budget: () => number,
+  ): Promise<CheckAndReserveResult> {
+    const { store, now } = this.deps;
+    const period = plan.ctx.period;
+    if (key === null || period === null) throw new Error('usage counters missing for a Check without a metered period');
+    const recover =
+      this.deps.recoverUsage ??
+      (async (k: ResolvedKey, p: Period) => {
+        await store.restoreUsage(k.tenant.id, p.label, { total: 0, endpoints: {} }, p.endMs, now());
+      });
+    await withTimeout(recover(key, period), budget(), 'usage rebuild');
+    const again = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
+    if (again.usageMissing) throw new Error('usage counters still missing after a rebuild');
+    return again;
   }
 
   // At most one error line per second: an outage must be visible, not flood the log at request rate.

@@ -20,6 +20,11 @@ export interface TenantKeys {
   usage(period: string): string;
   /** Flag set once when `percent` of a limit is reached; `endpoint` is `__total__` for the total cap. */
   threshold(endpoint: string, period: string, percent: number): string;
+  /**
+   * Sorted set of the reservations on `endpoint` in `period` that still wait for their access-log entry:
+   * member = request id, score = the Check's time (epoch ms).
+   */
+  pending(endpoint: string, period: string): string;
 }
 
 /** Hash field (and threshold key part) of the cap over all metered endpoints. */
@@ -44,7 +49,28 @@ export function storeKeys(opts: StoreKeyOptions, tenantId: string): TenantKeys {
     usage: (period) => `${prefix}usage:${tenant}:${period}`,
     threshold: (endpoint, period, percent) =>
       `${prefix}usage_threshold:${tenant}:${endpoint}:${period}:${percent}`,
+    pending: (endpoint, period) => `${prefix}usage_pending:${tenant}:${endpoint}:${period}`,
   };
+}
+
+/** How long a reservation waits for its access-log entry unless the stores are told otherwise. */
+export const DEFAULT_SETTLEMENT_WINDOW_MS = 120_000;
+
+/**
+ * Reservations younger than this (ms before now) still count as pending when settled usage is read for
+ * billing: the settlement window plus an allowance for clocks that differ between replicas (a tenth of the
+ * window, at most 5 s). Settlement refunds only entries younger than the window by its own clock, so a unit
+ * that billing counted as settled can no longer be refunded by a replica whose clock is behind by less than
+ * the allowance.
+ */
+export function settlementHorizon(windowMs: number): number {
+  return windowMs + Math.min(5_000, Math.floor(windowMs / 10));
+}
+
+export function assertValidWindow(windowMs: number): void {
+  if (!Number.isSafeInteger(windowMs) || windowMs <= 0) {
+    throw new RangeError(`settlementWindowMs must be an integer > 0, got ${windowMs}`);
+  }
 }
 
 /**
@@ -76,6 +102,10 @@ export function assertValidCheckRequest(req: CheckAndReserveRequest): void {
     }
   }
   if (req.quota) {
+    // The request id names the reservation that settlement looks for.
+    if (typeof req.requestId !== 'string' || req.requestId === '') {
+      throw new RangeError('requestId must be a non-empty string when a quota is requested');
+    }
     assertCount('quota.endpointLimit', req.quota.endpointLimit);
     if (req.quota.totalLimit !== null) assertCount('quota.totalLimit', req.quota.totalLimit);
     if (!Number.isSafeInteger(req.quota.periodEndMs)) {

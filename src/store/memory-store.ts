@@ -3,22 +3,30 @@
 // nothing is shared with other replicas. Expiry follows the callers' clock (nowMs), as in Redis.
 import {
   COUNTER_GRACE_MS,
+  DEFAULT_SETTLEMENT_WINDOW_MS,
   TOTAL_FIELD,
   assertValidCheckRequest,
+  assertValidWindow,
   endpointField,
   normalizePercents,
+  settlementHorizon,
   storeKeys,
 } from './keys.js';
-import { parseUsageHash, toCount } from './parse-reply.js';
+import { parseUsageHash, settlement, toCount } from './parse-reply.js';
+import { assertValidRestore } from './restore.js';
 import type {
   CheckAndReserveRequest,
   CheckAndReserveResult,
   CounterStore,
+  EndpointSettlement,
   PeriodUsage,
   QuotaRequest,
   QuotaResult,
   ReadRateRequest,
   ReadRateResult,
+  SettledUsage,
+  SettleOutcome,
+  SettleRequest,
   ThresholdCrossing,
 } from './types.js';
 
@@ -34,7 +42,14 @@ export interface MemoryCounterStore extends CounterStore {
    */
   setUsage(tenantId: string, period: string, usage: UsageEdit): void;
   /** Entries held, to show (and test) that expired data does not pile up. */
-  sizes(): { readLogs: number; periods: number; thresholdFlags: number };
+  sizes(): { readLogs: number; periods: number; thresholdFlags: number; pendingSets: number };
+  /** What an operator's (or a failover's) `redis-cli del usage:<tenant>:<period>` does. */
+  deleteUsage(tenantId: string, period: string): void;
+}
+
+export interface MemoryStoreOptions {
+  /** How long a reservation waits for its access-log entry (SETTLEMENT_WINDOW_SECONDS). Default 120 s. */
+  readonly settlementWindowMs?: number;
 }
 
 interface ReadLog {
@@ -51,13 +66,22 @@ interface UsageHash {
   expiresAt: number;
 }
 
+/** Like the `usage_pending:...` sorted set: request id → time of its Check. */
+interface PendingSet {
+  entries: Map<string, number>;
+  expiresAt: number;
+}
+
 /** A full sweep of expired data happens at most this often (by the callers' clock). */
 const SWEEP_INTERVAL_MS = 60_000;
 
-export function createMemoryStore(): MemoryCounterStore {
+export function createMemoryStore(opts: MemoryStoreOptions = {}): MemoryCounterStore {
+  const settlementWindowMs = opts.settlementWindowMs ?? DEFAULT_SETTLEMENT_WINDOW_MS;
+  assertValidWindow(settlementWindowMs);
   const keys = (tenantId: string) => storeKeys({}, tenantId);
   const readLogs = new Map<string, ReadLog>();
   const hashes = new Map<string, UsageHash>();
+  const pendingSets = new Map<string, PendingSet>();
   /** Threshold flag key → expiry time. */
   const flags = new Map<string, number>();
   let nextSweepAt = Number.NEGATIVE_INFINITY;
@@ -73,6 +97,16 @@ export function createMemoryStore(): MemoryCounterStore {
     }
     for (const [key, hash] of hashes) if (hash.expiresAt <= now) hashes.delete(key);
     for (const [key, expiresAt] of flags) if (expiresAt <= now) flags.delete(key);
+    for (const [key, set] of pendingSets) if (set.expiresAt <= now) pendingSets.delete(key);
+  }
+
+  function livePending(key: string, now: number): PendingSet | undefined {
+    const set = pendingSets.get(key);
+    if (set && set.expiresAt <= now) {
+      pendingSets.delete(key);
+      return undefined;
+    }
+    return set;
   }
 
   function trim(log: ReadLog, now: number): void {
@@ -116,7 +150,7 @@ export function createMemoryStore(): MemoryCounterStore {
     return { allowed: true, count: count + 1, oldestMs: log.times[0] ?? now };
   }
 
-  function quota(tenantId: string, q: QuotaRequest, now: number): QuotaResult {
+  function quota(tenantId: string, requestId: string, q: QuotaRequest, now: number): QuotaResult {
     const k = keys(tenantId);
     const hashKey = k.usage(q.period);
     const field = endpointField(q.endpoint);
@@ -137,6 +171,14 @@ export function createMemoryStore(): MemoryCounterStore {
     target.fields.set(TOTAL_FIELD, total);
     target.expiresAt = expiresAt;
     hashes.set(hashKey, target);
+
+    // As in check-and-reserve.lua: prune what has aged out of the window, add NX, expire after 2 windows.
+    const pendingKey = k.pending(q.endpoint, q.period);
+    const pending = livePending(pendingKey, now) ?? { entries: new Map<string, number>(), expiresAt: 0 };
+    for (const [id, at] of pending.entries) if (at <= now - settlementWindowMs) pending.entries.delete(id);
+    if (!pending.entries.has(requestId)) pending.entries.set(requestId, now);
+    pending.expiresAt = now + 2 * settlementWindowMs;
+    pendingSets.set(pendingKey, pending);
 
     const crossed: ThresholdCrossing[] = [];
     const flag = (scope: ThresholdCrossing['scope'], endpoint: string, percent: number, usage: number, limit: number) => {
@@ -164,9 +206,66 @@ export function createMemoryStore(): MemoryCounterStore {
       // Validate before any state changes, so a bad request cannot leave a half-done reservation.
       if (req.quota) normalizePercents(req.quota.thresholdPercents);
       sweep(req.nowMs);
+      // As in the script: a missing hash is reported before anything, even the read, is recorded.
+      if (req.quota?.ifUsageMissing === 'report' && !liveHash(keys(req.tenantId).usage(req.quota.period), req.nowMs)) {
+        return { readRate: null, quota: null, usageMissing: true };
+      }
       const rr = req.readRate ? readRate(req.tenantId, req.readRate, req.nowMs) : null;
       if (rr && !rr.allowed) return { readRate: rr, quota: null };
-      return { readRate: rr, quota: req.quota ? quota(req.tenantId, req.quota, req.nowMs) : null };
+      return { readRate: rr, quota: req.quota ? quota(req.tenantId, req.requestId, req.quota, req.nowMs) : null };
+    },
+
+    async settle(entries: readonly SettleRequest[], nowMs: number): Promise<SettleOutcome[]> {
+      return entries.map((e): SettleOutcome => {
+        const k = keys(e.tenantId);
+        const set = livePending(k.pending(e.endpoint, e.period), nowMs);
+        const at = set?.entries.get(e.requestId);
+        if (set === undefined || at === undefined) return 'unknown';
+        set.entries.delete(e.requestId);
+        if (at <= nowMs - settlementWindowMs) return 'expired';
+        if (!e.failed) return 'settled';
+        const fields = liveHash(k.usage(e.period), nowMs)?.fields;
+        for (const field of [endpointField(e.endpoint), TOTAL_FIELD]) {
+          const value = fields?.get(field);
+          if (fields && value !== undefined) fields.set(field, Math.max(0, toCount(value) - 1));
+        }
+        return 'refunded';
+      });
+    },
+
+    async settledUsage(tenantId: string, period: string, nowMs: number): Promise<SettledUsage> {
+      const k = keys(tenantId);
+      const hash = liveHash(k.usage(period), nowMs);
+      if (!hash) return { exists: false, endpoints: {} };
+      const horizon = nowMs - settlementHorizon(settlementWindowMs);
+      const out: Record<string, EndpointSettlement> = {};
+      for (const [field, value] of hash.fields) {
+        if (!field.startsWith('op:')) continue;
+        const endpoint = field.slice(3);
+        let pending = 0;
+        for (const at of livePending(k.pending(endpoint, period), nowMs)?.entries.values() ?? []) if (at > horizon) pending++;
+        out[endpoint] = settlement(toCount(value), pending);
+      }
+      return { exists: true, endpoints: out };
+    },
+
+    async restoreUsage(
+      tenantId: string,
+      period: string,
+      usage: PeriodUsage,
+      periodEndMs: number,
+      nowMs: number,
+    ): Promise<boolean> {
+      assertValidRestore(usage, periodEndMs, nowMs);
+      const k = keys(tenantId);
+      if (liveHash(k.usage(period), nowMs)) return false;
+      const fields = new Map<string, number>([[TOTAL_FIELD, usage.total]]);
+      for (const [endpoint, n] of Object.entries(usage.endpoints)) {
+        fields.set(endpointField(endpoint), n);
+        pendingSets.delete(k.pending(endpoint, period));
+      }
+      hashes.set(k.usage(period), { fields, expiresAt: nowMs + Math.max(1, periodEndMs + COUNTER_GRACE_MS - nowMs) });
+      return true;
     },
 
     async release(tenantId: string, period: string, endpoint: string, units: number): Promise<void> {
@@ -193,7 +292,16 @@ export function createMemoryStore(): MemoryCounterStore {
 
     async close(): Promise<void> {},
 
-    sizes: () => ({ readLogs: readLogs.size, periods: hashes.size, thresholdFlags: flags.size }),
+    sizes: () => ({
+      readLogs: readLogs.size,
+      periods: hashes.size,
+      thresholdFlags: flags.size,
+      pendingSets: pendingSets.size,
+    }),
+
+    deleteUsage(tenantId: string, period: string): void {
+      hashes.delete(keys(tenantId).usage(period));
+    },
 
     setUsage(tenantId: string, period: string, usage: UsageEdit): void {
       const key = keys(tenantId).usage(period);

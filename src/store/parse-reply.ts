@@ -1,7 +1,16 @@
 // Pure decoding of what the Redis scripts and hashes return. Kept apart from the client code so the
 // reply layout documented in check-and-reserve.lua is unit-tested without a Redis server.
 import { TOTAL_FIELD } from './keys.js';
-import type { CheckAndReserveResult, PeriodUsage, QuotaResult, ReadRateResult, ThresholdCrossing } from './types.js';
+import type {
+  CheckAndReserveResult,
+  EndpointSettlement,
+  PeriodUsage,
+  QuotaResult,
+  ReadRateResult,
+  SettledUsage,
+  SettleOutcome,
+  ThresholdCrossing,
+} from './types.js';
 
 /**
  * A stored counter as enforcement reads it: operators edit hashes by hand, so junk is 0, fractions round
@@ -34,6 +43,12 @@ export function parseCheckAndReserveReply(reply: unknown): CheckAndReserveResult
   const rrStatus = int(reply, 0);
   const quotaStatus = int(reply, 3);
   const crossings = int(reply, 6);
+  if (quotaStatus === 4) {
+    if (rrStatus !== 0 || crossings !== 0 || reply.length !== HEADER_LENGTH) {
+      throw new Error('check-and-reserve reply: a missing usage hash comes with nothing else');
+    }
+    return { readRate: null, quota: null, usageMissing: true };
+  }
   if (crossings < 0 || reply.length !== HEADER_LENGTH + crossings * CROSSING_LENGTH) {
     throw new Error(`check-and-reserve reply: length ${reply.length} does not fit ${crossings} crossings`);
   }
@@ -84,4 +99,33 @@ export function parseUsageHash(hash: Readonly<Record<string, string>>): PeriodUs
     else if (field.startsWith('op:')) endpoints[field.slice(3)] = toCount(value);
   }
   return { total, endpoints };
+}
+
+const SETTLE_OUTCOMES: readonly SettleOutcome[] = ['unknown', 'settled', 'refunded', 'expired'];
+
+/** The reply of settle.lua: 0 unknown, 1 settled, 2 refunded, 3 expired. */
+export function parseSettleReply(reply: unknown): SettleOutcome {
+  const n = typeof reply === 'number' ? reply : typeof reply === 'string' ? Number(reply) : Number.NaN;
+  const outcome = Number.isInteger(n) ? SETTLE_OUTCOMES[n] : undefined;
+  if (outcome === undefined) throw new Error(`settle reply: unknown outcome ${String(reply)}`);
+  return outcome;
+}
+
+/** The reply of settled-usage.lua for `endpoints` (the fields it was asked about, in order). */
+export function parseSettledUsageReply(reply: unknown, endpoints: readonly string[]): SettledUsage {
+  if (!Array.isArray(reply) || reply.length < 1) throw new Error('settled-usage reply: expected an array');
+  if (int(reply, 0) === 0) return { exists: false, endpoints: {} };
+  if (reply.length !== 1 + endpoints.length * 2) {
+    throw new Error(`settled-usage reply: length ${reply.length} does not fit ${endpoints.length} endpoints`);
+  }
+  const out: Record<string, EndpointSettlement> = {};
+  endpoints.forEach((endpoint, i) => {
+    out[endpoint] = settlement(int(reply, 1 + i * 2), int(reply, 2 + i * 2));
+  });
+  return { exists: true, endpoints: out };
+}
+
+/** Settled units: the counter less what may still be refunded; never below zero (operators edit counters). */
+export function settlement(used: number, pending: number): EndpointSettlement {
+  return { used, pending, settled: Math.max(0, used - pending) };
 }

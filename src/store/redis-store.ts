@@ -5,16 +5,33 @@ import fs from 'node:fs';
 import { Redis, type RedisOptions } from 'ioredis';
 import {
   COUNTER_GRACE_MS,
+  DEFAULT_SETTLEMENT_WINDOW_MS,
   TOTAL_FIELD,
   assertValidCheckRequest,
+  assertValidWindow,
   endpointField,
   normalizePercents,
+  settlementHorizon,
   storeKeys,
   type StoreKeyOptions,
   type TenantKeys,
 } from './keys.js';
-import { parseCheckAndReserveReply, parseUsageHash } from './parse-reply.js';
-import type { CheckAndReserveRequest, CheckAndReserveResult, CounterStore, PeriodUsage } from './types.js';
+import {
+  parseCheckAndReserveReply,
+  parseSettleReply,
+  parseSettledUsageReply,
+  parseUsageHash,
+} from './parse-reply.js';
+import { assertValidRestore } from './restore.js';
+import type {
+  CheckAndReserveRequest,
+  CheckAndReserveResult,
+  CounterStore,
+  PeriodUsage,
+  SettledUsage,
+  SettleOutcome,
+  SettleRequest,
+} from './types.js';
 
 export interface RedisStoreOptions {
   /** Used when no `client` is given; defaults to redis://127.0.0.1:6379. */
@@ -28,6 +45,8 @@ export interface RedisStoreOptions {
   readonly commandTimeoutMs?: number;
   /** Connection errors (reported again on every failed reconnect); without it they are dropped. */
   readonly onError?: (err: Error) => void;
+  /** How long a reservation waits for its access-log entry (SETTLEMENT_WINDOW_SECONDS). Default 120 s. */
+  readonly settlementWindowMs?: number;
 }
 
 export interface RedisCounterStore extends CounterStore {
@@ -40,22 +59,36 @@ export interface RedisCounterStore extends CounterStore {
 const DEFAULT_COMMAND_TIMEOUT_MS = 100;
 const MAX_RECONNECT_DELAY_MS = 2_000;
 // Prefixed names, so a client shared with other code cannot have a command of the same name.
-const CHECK_COMMAND = 'usageLimiterCheckAndReserve';
-const RELEASE_COMMAND = 'usageLimiterRelease';
+const COMMANDS = {
+  checkAndReserve: 'usageLimiterCheckAndReserve',
+  release: 'usageLimiterRelease',
+  settle: 'usageLimiterSettle',
+  settledUsage: 'usageLimiterSettledUsage',
+  restoreUsage: 'usageLimiterRestoreUsage',
+} as const;
+type ScriptName = keyof typeof COMMANDS;
 
-interface ScriptCommands {
-  [CHECK_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
-  [RELEASE_COMMAND](numKeys: number, ...keysAndArgs: string[]): Promise<unknown>;
-}
+type ScriptCommands = Record<(typeof COMMANDS)[ScriptName], (numKeys: number, ...keysAndArgs: string[]) => Promise<unknown>>;
 
-let scripts: { checkAndReserve: string; release: string } | undefined;
+const SCRIPT_FILES: Record<ScriptName, string> = {
+  checkAndReserve: './check-and-reserve.lua',
+  release: './release.lua',
+  settle: './settle.lua',
+  settledUsage: './settled-usage.lua',
+  restoreUsage: './restore-usage.lua',
+};
+
+let scripts: Record<ScriptName, string> | undefined;
 
 // Read on first use rather than at import, so a process that runs with the memory store never needs them.
-function loadScripts(): { checkAndReserve: string; release: string } {
-  scripts ??= {
-    checkAndReserve: fs.readFileSync(new URL('./check-and-reserve.lua', import.meta.url), 'utf8'),
-    release: fs.readFileSync(new URL('./release.lua', import.meta.url), 'utf8'),
-  };
+function loadScripts(): Record<ScriptName, string> {
+  if (scripts === undefined) {
+    const loaded = {} as Record<ScriptName, string>;
+    for (const name of Object.keys(SCRIPT_FILES) as ScriptName[]) {
+      loaded[name] = fs.readFileSync(new URL(SCRIPT_FILES[name], import.meta.url), 'utf8');
+    }
+    scripts = loaded;
+  }
   return scripts;
 }
 
@@ -81,12 +114,13 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
   // An 'error' event without a listener kills Node; a dead Redis must only fail calls.
   client.on('error', (err: Error) => opts.onError?.(err));
 
-  const { checkAndReserve: checkLua, release: releaseLua } = loadScripts();
+  const lua = loadScripts();
   // defineCommand sends EVALSHA, falling back to EVAL on NOSCRIPT: one round trip per call.
-  client.defineCommand(CHECK_COMMAND, { lua: checkLua });
-  client.defineCommand(RELEASE_COMMAND, { lua: releaseLua });
+  for (const name of Object.keys(COMMANDS) as ScriptName[]) client.defineCommand(COMMANDS[name], { lua: lua[name] });
   const commands = client as unknown as ScriptCommands;
   const keyOpts: StoreKeyOptions = { prefix: opts.prefix ?? '', cluster: opts.cluster ?? false };
+  const settlementWindowMs = opts.settlementWindowMs ?? DEFAULT_SETTLEMENT_WINDOW_MS;
+  assertValidWindow(settlementWindowMs);
 
   // One shared wait for a connection attempt in progress, so a burst of Checks adds one listener pair.
   let connecting: Promise<void> | null = null;
@@ -150,7 +184,7 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
       const percents = q ? normalizePercents(q.thresholdPercents) : [];
       const keys = [k.readRate, k.readRateSeq];
       if (q) {
-        keys.push(k.usage(q.period));
+        keys.push(k.usage(q.period), k.pending(q.endpoint, q.period));
         for (const p of percents) keys.push(k.threshold(q.endpoint, q.period, p));
         if (q.totalLimit !== null) for (const p of percents) keys.push(k.threshold(TOTAL_FIELD, q.period, p));
       }
@@ -163,10 +197,15 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
         q ? String(q.endpointLimit) : '0',
         q && q.totalLimit !== null ? String(q.totalLimit) : '-1',
         q ? String(q.periodEndMs + COUNTER_GRACE_MS) : '0',
+        q ? req.requestId : '',
+        String(settlementWindowMs),
+        q && q.ifUsageMissing === 'report' ? '1' : '0',
         String(percents.length),
         ...percents.map(String),
       ];
-      const reply = await run('checkAndReserve', () => commands[CHECK_COMMAND](keys.length, ...keys, ...args));
+      const reply = await run('checkAndReserve', () =>
+        commands[COMMANDS.checkAndReserve](keys.length, ...keys, ...args),
+      );
       return parseCheckAndReserveReply(reply);
     },
 
@@ -176,7 +215,76 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
       }
       if (units === 0) return;
       const key = storeKeys(keyOpts, tenantId).usage(period);
-      await run('release', () => commands[RELEASE_COMMAND](1, key, endpointField(endpoint), String(units)));
+      await run('release', () => commands[COMMANDS.release](1, key, endpointField(endpoint), String(units)));
+    },
+
+    async settle(entries: readonly SettleRequest[], nowMs: number): Promise<SettleOutcome[]> {
+      if (entries.length === 0) return [];
+      // One script per entry (each touches one tenant's keys, so each stays in one cluster slot), all
+      // written before any reply is read: ioredis pipelines them on the connection, one round trip.
+      const replies = await run('settle', () =>
+        Promise.all(
+          entries.map((e) => {
+            const k = storeKeys(keyOpts, e.tenantId);
+            return commands[COMMANDS.settle](
+              2,
+              k.usage(e.period),
+              k.pending(e.endpoint, e.period),
+              e.requestId,
+              e.failed ? '1' : '0',
+              endpointField(e.endpoint),
+              String(nowMs),
+              String(settlementWindowMs),
+            );
+          }),
+        ),
+      );
+      return replies.map(parseSettleReply);
+    },
+
+    async settledUsage(tenantId: string, period: string, nowMs: number): Promise<SettledUsage> {
+      const k = storeKeys(keyOpts, tenantId);
+      // Which endpoints the period has: an operator may have added one by hand, so ask the hash itself.
+      const fields = Object.keys(await run('settledUsage', () => client.hgetall(k.usage(period)))).filter((f) =>
+        f.startsWith('op:'),
+      );
+      const endpoints = fields.map((f) => f.slice(3));
+      const horizon = nowMs - settlementHorizon(settlementWindowMs);
+      const reply = await run('settledUsage', () =>
+        commands[COMMANDS.settledUsage](
+          1 + endpoints.length,
+          k.usage(period),
+          ...endpoints.map((e) => k.pending(e, period)),
+          String(horizon),
+          ...fields,
+        ),
+      );
+      return parseSettledUsageReply(reply, endpoints);
+    },
+
+    async restoreUsage(
+      tenantId: string,
+      period: string,
+      usage: PeriodUsage,
+      periodEndMs: number,
+      nowMs: number,
+    ): Promise<boolean> {
+      assertValidRestore(usage, periodEndMs, nowMs);
+      const k = storeKeys(keyOpts, tenantId);
+      const endpoints = Object.keys(usage.endpoints);
+      const ttl = Math.max(1, periodEndMs + COUNTER_GRACE_MS - nowMs);
+      const reply = await run('restoreUsage', () =>
+        commands[COMMANDS.restoreUsage](
+          1 + endpoints.length,
+          k.usage(period),
+          ...endpoints.map((e) => k.pending(e, period)),
+          String(ttl),
+          String(usage.total),
+          ...endpoints.map((e) => String(usage.endpoints[e] ?? 0)),
+          ...endpoints.map(endpointField),
+        ),
+      );
+      return Number(reply) === 1;
     },
 
     async usage(tenantId: string, period: string): Promise<PeriodUsage> {

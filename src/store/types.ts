@@ -19,10 +19,21 @@ export interface QuotaRequest {
   readonly totalLimit: number | null;
   /** Alert thresholds as integer percents, e.g. [80, 90, 100]. */
   readonly thresholdPercents: readonly number[];
+  /**
+   * What to do when the period's usage hash does not exist. `create`: count from zero. `report`: reserve and
+   * record nothing (not even the read) and answer `usageMissing`, so the caller can rebuild the counters
+   * first: a missing hash may be a brand-new period, or Redis having lost one (flush, restart, failover).
+   */
+  readonly ifUsageMissing: 'create' | 'report';
 }
 
 export interface CheckAndReserveRequest {
   readonly tenantId: string;
+  /**
+   * Names the reservation in the period's pending set (Envoy's `x-request-id`), so that the access-log entry
+   * of the same request can settle it exactly once.
+   */
+  readonly requestId: string;
   /** The caller's clock (epoch ms); stores never read the time themselves. */
   readonly nowMs: number;
   /** Present when the request is a GET/HEAD and the tier has a read-rate limit. */
@@ -64,6 +75,45 @@ export interface CheckAndReserveResult {
   readonly readRate: ReadRateResult | null;
   /** Null when no quota was requested, or when the read-rate limit denied first (nothing reserved). */
   readonly quota: QuotaResult | null;
+  /**
+   * Present (true) only when the quota asked to `report` a missing usage hash and it was missing: then
+   * nothing at all was evaluated or recorded, and `readRate` and `quota` are null.
+   */
+  readonly usageMissing?: true;
+}
+
+/** How an admitted metered request ended, from Envoy's access log. */
+export interface SettleRequest {
+  readonly tenantId: string;
+  readonly period: string;
+  readonly endpoint: string;
+  readonly requestId: string;
+  /** The upstream failed it (5xx, or no response at all): its reserved unit is given back. */
+  readonly failed: boolean;
+}
+
+/**
+ * - `settled`: the reservation was pending and now stands (the upstream answered).
+ * - `refunded`: it was pending, the upstream failed, and the unit was given back.
+ * - `expired`: it was older than the settlement window; it stands, whatever the entry says.
+ * - `unknown`: nothing pending under that id (already settled, pruned, or never reserved): nothing done.
+ */
+export type SettleOutcome = 'settled' | 'refunded' | 'expired' | 'unknown';
+
+export interface EndpointSettlement {
+  /** The counter (`op:<endpoint>`), as enforcement reads it. */
+  readonly used: number;
+  /** Reservations still inside the settlement window: their requests may yet be refunded. */
+  readonly pending: number;
+  /** `used - pending`, never below zero: units that can no longer be given back, i.e. billable. */
+  readonly settled: number;
+}
+
+export interface SettledUsage {
+  /** False when the period's usage hash does not exist (never used, or lost): nothing can be said. */
+  readonly exists: boolean;
+  /** Keyed by endpoint, without the `op:` prefix. */
+  readonly endpoints: Readonly<Record<string, EndpointSettlement>>;
 }
 
 export interface PeriodUsage {
@@ -83,6 +133,25 @@ export interface CounterStore {
   release(tenantId: string, period: string, endpoint: string, units: number): Promise<void>;
   /** Current usage of a period, as stored. */
   usage(tenantId: string, period: string): Promise<PeriodUsage>;
+  /**
+   * Settles reservations from access-log entries, each atomically: removes the entry from its pending set
+   * and, only if it was still there, younger than the settlement window and failed, gives its unit back
+   * (endpoint and total, never below zero; threshold flags untouched). So an entry delivered twice refunds
+   * once. Outcomes are in the order of `entries`.
+   */
+  settle(entries: readonly SettleRequest[], nowMs: number): Promise<SettleOutcome[]>;
+  /**
+   * Per endpoint of a period: counter, reservations still pending and settled units, read atomically per
+   * period. Pending means younger than the settlement window plus a clock-skew allowance (see
+   * `settlementHorizon`), so a unit counted as settled here can no longer be refunded by any replica.
+   */
+  settledUsage(tenantId: string, period: string, nowMs: number): Promise<SettledUsage>;
+  /**
+   * Creates a period's usage hash with the given counts, only if it does not exist (atomically), expiring a
+   * grace time after `periodEndMs`; also drops the pending sets of the endpoints given, whose reservations
+   * were lost with the old hash. Returns false, changing nothing, when the hash already exists.
+   */
+  restoreUsage(tenantId: string, period: string, usage: PeriodUsage, periodEndMs: number, nowMs: number): Promise<boolean>;
   /** Throws when the backend is unreachable. */
   ping(): Promise<void>;
   close(): Promise<void>;

@@ -1,11 +1,13 @@
 // The behaviour every CounterStore must have, run against each implementation. Time is always passed in
 // (nowMs), never slept on, so window edges are tested to the millisecond.
 import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { settlementHorizon } from '../../src/store/keys.js';
 import type {
   CheckAndReserveRequest,
   CheckAndReserveResult,
   CounterStore,
   QuotaRequest,
+  SettleRequest,
   ThresholdCrossing,
 } from '../../src/store/types.js';
 
@@ -15,9 +17,12 @@ export interface UsageSeed {
 }
 
 export interface CounterStoreHarness {
+  /** Built with `settlementWindowMs: SETTLEMENT_WINDOW`. */
   readonly store: CounterStore;
   /** What an operator's `redis-cli hset usage:<tenant>:<period> __total__ N op:<endpoint> N` does. */
   setUsage(tenantId: string, period: string, usage: UsageSeed): Promise<void>;
+  /** What losing a period's counters does (`redis-cli del usage:<tenant>:<period>`, a flush, a failover). */
+  deleteUsage(tenantId: string, period: string): Promise<void>;
   teardown(): Promise<void>;
 }
 
@@ -26,18 +31,26 @@ export const NOW = Date.UTC(2025, 8, 18, 17, 50, 0);
 export const PERIOD = '2025-09';
 export const PERIOD_END = Date.UTC(2025, 9, 1);
 const WINDOW = 60_000;
+/** The settlement window every harness builds its store with. */
+export const SETTLEMENT_WINDOW = 120_000;
+
+let lastRequestId = 0;
+const nextRequestId = () => `req-${++lastRequestId}`;
 
 export function readRequest(tenantId: string, limit: number, nowMs: number, windowMs = WINDOW): CheckAndReserveRequest {
-  return { tenantId, nowMs, readRate: { limit, windowMs }, quota: null };
+  return { tenantId, requestId: nextRequestId(), nowMs, readRate: { limit, windowMs }, quota: null };
 }
 
+/** A metered Check; unless given, a fresh request id, and a missing usage hash is created (as before rebuilds). */
 export function meteredRequest(
   tenantId: string,
   quota: Partial<QuotaRequest> = {},
   nowMs = NOW,
+  requestId = nextRequestId(),
 ): CheckAndReserveRequest {
   return {
     tenantId,
+    requestId,
     nowMs,
     readRate: null,
     quota: {
@@ -47,9 +60,15 @@ export function meteredRequest(
       endpointLimit: 10,
       totalLimit: null,
       thresholdPercents: [],
+      ifUsageMissing: 'create',
       ...quota,
     },
   };
+}
+
+/** An access-log entry for the reservation `requestId` made by meteredRequest (defaults: /verify in PERIOD). */
+export function settleEntry(tenantId: string, requestId: string, failed: boolean, endpoint = '/verify'): SettleRequest {
+  return { tenantId, period: PERIOD, endpoint, requestId, failed };
 }
 
 function crossings(results: readonly CheckAndReserveResult[]): ThresholdCrossing[] {
@@ -106,7 +125,7 @@ export function counterStoreContract(name: string, makeHarness: () => Promise<Co
       });
 
       it('answers null for what was not requested', async () => {
-        const r = await store.checkAndReserve({ tenantId: 't1', nowMs: NOW, readRate: null, quota: null });
+        const r = await store.checkAndReserve({ tenantId: 't1', requestId: 'r', nowMs: NOW, readRate: null, quota: null });
         expect(r).toEqual({ readRate: null, quota: null });
       });
 
@@ -271,6 +290,185 @@ export function counterStoreContract(name: string, makeHarness: () => Promise<Co
       it('is a no-op for a period without usage', async () => {
         await store.release('t1', '2025-08', '/verify', 3);
         expect(await store.usage('t1', '2025-08')).toEqual({ total: 0, endpoints: {} });
+      });
+    });
+
+    describe('settlement', () => {
+      const reserve = (requestId: string, quota: Partial<QuotaRequest> = {}, nowMs = NOW) =>
+        store.checkAndReserve(meteredRequest('t1', quota, nowMs, requestId));
+
+      it('gives a failed request its unit back once, however often its entry comes', async () => {
+        await reserve('r1');
+        await reserve('r2');
+        expect(await store.settle([settleEntry('t1', 'r1', true), settleEntry('t1', 'r1', true)], NOW + 1_000)).toEqual([
+          'refunded',
+          'unknown',
+        ]);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1 } });
+        expect(await store.settle([settleEntry('t1', 'r1', true)], NOW + 2_000)).toEqual(['unknown']);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1 } });
+      });
+
+      it('keeps the unit of a request the upstream answered, and settles it once', async () => {
+        await reserve('r1');
+        expect(await store.settle([settleEntry('t1', 'r1', false)], NOW + 1_000)).toEqual(['settled']);
+        expect(await store.settle([settleEntry('t1', 'r1', true)], NOW + 2_000)).toEqual(['unknown']);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1 } });
+      });
+
+      it('settles a batch of entries of several tenants and endpoints, each on its own counters', async () => {
+        await reserve('a', { endpoint: '/extract' });
+        await store.checkAndReserve(meteredRequest('t2', {}, NOW, 'b'));
+        await reserve('c');
+        const outcomes = await store.settle(
+          [settleEntry('t1', 'a', true, '/extract'), settleEntry('t2', 'b', true), settleEntry('t1', 'c', false), settleEntry('t1', 'zz', true)],
+          NOW + 10,
+        );
+        expect(outcomes).toEqual(['refunded', 'refunded', 'settled', 'unknown']);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1, '/extract': 0 } });
+        expect(await store.usage('t2', PERIOD)).toEqual({ total: 0, endpoints: { '/verify': 0 } });
+        expect(await store.settle([], NOW)).toEqual([]);
+      });
+
+      it('never refunds below zero and never fires a threshold twice', async () => {
+        const q = { endpointLimit: 10, thresholdPercents: [20] };
+        const first = [await reserve('r1', q), await reserve('r2', q)];
+        expect(crossings(first)).toEqual([{ scope: 'endpoint', percent: 20, usage: 2, limit: 10 }]);
+        await h.setUsage('t1', PERIOD, { total: 0, endpoints: { '/verify': 0 } });
+        expect(await store.settle([settleEntry('t1', 'r1', true)], NOW + 1)).toEqual(['refunded']);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 0, endpoints: { '/verify': 0 } });
+        const climb = [await reserve('r3', q), await reserve('r4', q)];
+        expect(climb.map((r) => r.quota?.endpointUsed)).toEqual([1, 2]);
+        expect(crossings(climb)).toEqual([]);
+      });
+
+      it('lets a reservation stand once it is as old as the settlement window', async () => {
+        await reserve('young');
+        await reserve('old');
+        expect(await store.settle([settleEntry('t1', 'young', true)], NOW + SETTLEMENT_WINDOW - 1)).toEqual(['refunded']);
+        expect(await store.settle([settleEntry('t1', 'old', true)], NOW + SETTLEMENT_WINDOW)).toEqual(['expired']);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1 } });
+        expect(await store.settle([settleEntry('t1', 'old', true)], NOW + SETTLEMENT_WINDOW)).toEqual(['unknown']);
+      });
+
+      it('prunes reservations that aged out of the window when the next one is made', async () => {
+        await reserve('r1');
+        await reserve('r2', {}, NOW + SETTLEMENT_WINDOW);
+        expect(await store.settle([settleEntry('t1', 'r1', true)], NOW + SETTLEMENT_WINDOW)).toEqual(['unknown']);
+      });
+
+      it('keeps one pending entry for a repeated request id (its first time)', async () => {
+        await reserve('dup');
+        await reserve('dup', {}, NOW + 5);
+        const mid = await store.settledUsage('t1', PERIOD, NOW + 10);
+        expect(mid.endpoints['/verify']).toEqual({ used: 2, pending: 1, settled: 1 });
+        expect(await store.settle([settleEntry('t1', 'dup', true), settleEntry('t1', 'dup', true)], NOW + 20)).toEqual([
+          'refunded',
+          'unknown',
+        ]);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1 } });
+      });
+
+      it('refunds exactly once when 100 copies of a failed entry race', async () => {
+        await reserve('race');
+        const outcomes = (
+          await Promise.all(Array.from({ length: 100 }, () => store.settle([settleEntry('t1', 'race', true)], NOW + 1)))
+        ).flat();
+        expect(outcomes.filter((o) => o === 'refunded')).toHaveLength(1);
+        expect(outcomes.filter((o) => o === 'unknown')).toHaveLength(99);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 0, endpoints: { '/verify': 0 } });
+      });
+    });
+
+    describe('settled usage (what billing reads)', () => {
+      const reserve = (requestId: string, endpoint = '/verify') =>
+        store.checkAndReserve(meteredRequest('t1', { endpoint }, NOW, requestId));
+      const horizon = settlementHorizon(SETTLEMENT_WINDOW);
+
+      it('is the counter less the reservations still pending', async () => {
+        for (const id of ['r1', 'r2', 'r3']) await reserve(id);
+        await reserve('x1', '/extract');
+        expect(await store.settledUsage('t1', PERIOD, NOW)).toEqual({
+          exists: true,
+          endpoints: { '/verify': { used: 3, pending: 3, settled: 0 }, '/extract': { used: 1, pending: 1, settled: 0 } },
+        });
+        await store.settle([settleEntry('t1', 'r1', false), settleEntry('t1', 'r2', true)], NOW + 1);
+        expect((await store.settledUsage('t1', PERIOD, NOW + 1)).endpoints['/verify']).toEqual({ used: 2, pending: 1, settled: 1 });
+      });
+
+      it('counts a reservation as settled from the window plus the skew allowance on, not before', async () => {
+        await reserve('r1');
+        expect((await store.settledUsage('t1', PERIOD, NOW + horizon - 1)).endpoints['/verify']).toEqual({ used: 1, pending: 1, settled: 0 });
+        expect((await store.settledUsage('t1', PERIOD, NOW + horizon)).endpoints['/verify']).toEqual({ used: 1, pending: 0, settled: 1 });
+        // Past the window no replica refunds it any more, so billing never counts a unit that comes back.
+        expect(await store.settle([settleEntry('t1', 'r1', true)], NOW + SETTLEMENT_WINDOW)).toEqual(['expired']);
+      });
+
+      it('takes operator edits as settled usage, never below zero', async () => {
+        await h.setUsage('t1', PERIOD, { total: 7, endpoints: { '/verify': 7 } });
+        expect(await store.settledUsage('t1', PERIOD, NOW)).toEqual({ exists: true, endpoints: { '/verify': { used: 7, pending: 0, settled: 7 } } });
+        await reserve('r1');
+        await h.setUsage('t1', PERIOD, { total: 0, endpoints: { '/verify': 0 } });
+        expect((await store.settledUsage('t1', PERIOD, NOW)).endpoints['/verify']).toEqual({ used: 0, pending: 1, settled: 0 });
+      });
+
+      it('says when the period has no counters at all', async () => {
+        expect(await store.settledUsage('t1', PERIOD, NOW)).toEqual({ exists: false, endpoints: {} });
+      });
+    });
+
+    describe('lost counters', () => {
+      const reportMissing = (nowMs = NOW, requestId?: string): CheckAndReserveRequest => ({
+        ...meteredRequest('t1', { ifUsageMissing: 'report', thresholdPercents: [10] }, nowMs, requestId),
+        readRate: { limit: 5, windowMs: WINDOW },
+      });
+
+      it('reports a missing usage hash without recording anything, not even the read', async () => {
+        expect(await store.checkAndReserve(reportMissing())).toEqual({ readRate: null, quota: null, usageMissing: true });
+        expect(await store.settledUsage('t1', PERIOD, NOW)).toEqual({ exists: false, endpoints: {} });
+        const read = await store.checkAndReserve(readRequest('t1', 5, NOW + 1));
+        expect(read.readRate).toEqual({ allowed: true, count: 1, oldestMs: NOW + 1 });
+      });
+
+      it('enforces as usual when the hash exists', async () => {
+        await h.setUsage('t1', PERIOD, { total: 7, endpoints: { '/verify': 7 } });
+        const r = await store.checkAndReserve(reportMissing());
+        expect(r.usageMissing).toBeUndefined();
+        expect(r.quota).toMatchObject({ allowed: true, endpointUsed: 8, totalUsed: 8 });
+      });
+
+      it('restores a period once, and a rebuilt count is enforced from then on', async () => {
+        const rebuilt = { total: 9, endpoints: { '/verify': 6, '/extract': 3 } };
+        expect(await store.restoreUsage('t1', PERIOD, rebuilt, PERIOD_END, NOW)).toBe(true);
+        expect(await store.restoreUsage('t1', PERIOD, { total: 0, endpoints: { '/verify': 0 } }, PERIOD_END, NOW)).toBe(false);
+        expect(await store.usage('t1', PERIOD)).toEqual(rebuilt);
+        const r = await store.checkAndReserve(reportMissing(NOW, 'after'));
+        expect(r.quota).toMatchObject({ allowed: true, endpointUsed: 7, totalUsed: 10 });
+        expect((await store.settledUsage('t1', PERIOD, NOW)).endpoints).toEqual({
+          '/verify': { used: 7, pending: 1, settled: 6 },
+          '/extract': { used: 3, pending: 0, settled: 3 },
+        });
+      });
+
+      it('opens a period with nothing at zero', async () => {
+        expect(await store.restoreUsage('t1', PERIOD, { total: 0, endpoints: {} }, PERIOD_END, NOW)).toBe(true);
+        expect(await store.settledUsage('t1', PERIOD, NOW)).toEqual({ exists: true, endpoints: {} });
+        expect((await store.checkAndReserve(reportMissing())).quota).toMatchObject({ allowed: true, endpointUsed: 1 });
+      });
+
+      it('forgets reservations lost with the old hash, so they cannot take a unit off the rebuilt count', async () => {
+        await store.checkAndReserve(meteredRequest('t1', {}, NOW, 'lost'));
+        await h.deleteUsage('t1', PERIOD);
+        expect(await store.restoreUsage('t1', PERIOD, { total: 5, endpoints: { '/verify': 5 } }, PERIOD_END, NOW)).toBe(true);
+        expect(await store.settle([settleEntry('t1', 'lost', true)], NOW + 1)).toEqual(['unknown']);
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 5, endpoints: { '/verify': 5 } });
+      });
+
+      it('rejects counts that are not whole numbers', async () => {
+        await expect(store.restoreUsage('t1', PERIOD, { total: -1, endpoints: {} }, PERIOD_END, NOW)).rejects.toThrow(RangeError);
+        await expect(store.restoreUsage('t1', PERIOD, { total: 1, endpoints: { '/verify': 0.5 } }, PERIOD_END, NOW)).rejects.toThrow(
+          RangeError,
+        );
       });
     });
 

@@ -1,13 +1,22 @@
 import { describe, expect, it } from 'vitest';
 import { COUNTER_GRACE_MS } from '../../src/store/keys.js';
 import { createMemoryStore } from '../../src/store/memory-store.js';
-import { NOW, PERIOD, PERIOD_END, counterStoreContract, meteredRequest, readRequest } from './counter-store.contract.js';
+import {
+  NOW,
+  PERIOD,
+  PERIOD_END,
+  SETTLEMENT_WINDOW,
+  counterStoreContract,
+  meteredRequest,
+  readRequest,
+} from './counter-store.contract.js';
 
 counterStoreContract('memory', async () => {
-  const store = createMemoryStore();
+  const store = createMemoryStore({ settlementWindowMs: SETTLEMENT_WINDOW });
   return {
     store,
     setUsage: async (tenantId, period, usage) => store.setUsage(tenantId, period, usage),
+    deleteUsage: async (tenantId, period) => store.deleteUsage(tenantId, period),
     teardown: () => store.close(),
   };
 });
@@ -19,16 +28,17 @@ describe('memory store housekeeping', () => {
       await store.checkAndReserve(readRequest(`tenant_${i}`, 5, NOW));
       await store.checkAndReserve(meteredRequest(`tenant_${i}`, { thresholdPercents: [10] }));
     }
-    expect(store.sizes()).toEqual({ readLogs: 50, periods: 50, thresholdFlags: 50 });
+    expect(store.sizes()).toEqual({ readLogs: 50, periods: 50, thresholdFlags: 50, pendingSets: 50 });
 
     // Read logs are gone a window later; the period stays until its end plus the grace.
     const afterWindow = NOW + 10 * 60_000;
     await store.checkAndReserve(readRequest('other', 5, afterWindow));
-    expect(store.sizes()).toEqual({ readLogs: 1, periods: 50, thresholdFlags: 50 });
+    // Pending sets are gone two settlement windows after their last reservation (all of it settled by then).
+    expect(store.sizes()).toEqual({ readLogs: 1, periods: 50, thresholdFlags: 50, pendingSets: 0 });
 
     const afterGrace = PERIOD_END + COUNTER_GRACE_MS;
     await store.checkAndReserve(readRequest('other', 5, afterGrace));
-    expect(store.sizes()).toEqual({ readLogs: 1, periods: 0, thresholdFlags: 0 });
+    expect(store.sizes()).toEqual({ readLogs: 1, periods: 0, thresholdFlags: 0, pendingSets: 0 });
     expect(await store.usage('tenant_0', PERIOD)).toEqual({ total: 0, endpoints: {} });
   });
 
@@ -43,6 +53,6 @@ describe('memory store housekeeping', () => {
     const store = createMemoryStore();
     const bad = { ...meteredRequest('t1', { thresholdPercents: [80.5] }), readRate: { limit: 5, windowMs: 60_000 } };
     await expect(store.checkAndReserve(bad)).rejects.toThrow(RangeError);
-    expect(store.sizes()).toEqual({ readLogs: 0, periods: 0, thresholdFlags: 0 });
+    expect(store.sizes()).toEqual({ readLogs: 0, periods: 0, thresholdFlags: 0, pendingSets: 0 });
   });
 });

@@ -12,6 +12,7 @@ import {
   NOW,
   PERIOD,
   PERIOD_END,
+  SETTLEMENT_WINDOW,
   counterStoreContract,
   meteredRequest,
   readRequest,
@@ -47,9 +48,18 @@ async function keysByPrefix(prefix: string): Promise<string[]> {
 function harness(cluster: boolean): () => Promise<CounterStoreHarness> {
   return async () => {
     const prefix = testPrefix(cluster ? 'redis-store-cluster' : 'redis-store');
-    const store = createRedisStore({ url: TEST_REDIS_URL, prefix, cluster, commandTimeoutMs: TEST_TIMEOUT_MS });
+    const store = createRedisStore({
+      url: TEST_REDIS_URL,
+      prefix,
+      cluster,
+      commandTimeoutMs: TEST_TIMEOUT_MS,
+      settlementWindowMs: SETTLEMENT_WINDOW,
+    });
     return {
       store,
+      deleteUsage: async (tenantId, period) => {
+        await admin.del(store.keys(tenantId).usage(period));
+      },
       // A real HSET on the store's key, as an operator would do with redis-cli.
       setUsage: async (tenantId, period, usage) => {
         const fields: string[] = [];
@@ -108,11 +118,20 @@ describe.skipIf(!redisUp)('redis store', () => {
 
       await admin.hset(`${prefix}usage:tenant_E_111:2025-09`, '__total__', '7', 'op:/verify', '7');
       const quota = { endpointLimit: 10, thresholdPercents: [80, 90, 100] };
-      for (let i = 0; i < 3; i++) await store.checkAndReserve(meteredRequest('tenant_E_111', quota));
+      for (let i = 0; i < 3; i++) await store.checkAndReserve(meteredRequest('tenant_E_111', quota, NOW + i, `rid-${i}`));
       expect(await admin.hgetall(`${prefix}usage:tenant_E_111:2025-09`)).toEqual({
         __total__: '10',
         'op:/verify': '10',
       });
+      // Each reservation waits for its access-log entry: member = request id, score = the Check's time.
+      expect(await admin.zrange(`${prefix}usage_pending:tenant_E_111:/verify:2025-09`, '0', '-1', 'WITHSCORES')).toEqual([
+        'rid-0',
+        String(NOW),
+        'rid-1',
+        String(NOW + 1),
+        'rid-2',
+        String(NOW + 2),
+      ]);
       expect(
         await admin.exists(
           `${prefix}usage_threshold:tenant_E_111:/verify:2025-09:80`,
@@ -144,6 +163,7 @@ describe.skipIf(!redisUp)('redis store', () => {
           `${prefix}read_rate:{tenant_C_789}`,
           `${prefix}read_rate:{tenant_C_789}:seq`,
           `${prefix}usage:{tenant_C_789}:2025-09`,
+          `${prefix}usage_pending:{tenant_C_789}:/verify:2025-09`,
           `${prefix}usage_threshold:{tenant_C_789}:/verify:2025-09:1`,
           `${prefix}usage_threshold:{tenant_C_789}:__total__:2025-09:1`,
         ].sort(),
@@ -153,7 +173,7 @@ describe.skipIf(!redisUp)('redis store', () => {
 
     it('sets an expiry on every key it writes', async () => {
       const p = testPrefix('redis-store-ttl');
-      const s = createRedisStore({ url: TEST_REDIS_URL, prefix: p, commandTimeoutMs: TEST_TIMEOUT_MS });
+      const s = createRedisStore({ url: TEST_REDIS_URL, prefix: p, commandTimeoutMs: TEST_TIMEOUT_MS, settlementWindowMs: 30_000 });
       open.push(s);
       try {
         await s.checkAndReserve({
@@ -161,13 +181,17 @@ describe.skipIf(!redisUp)('redis store', () => {
           readRate: { limit: 10, windowMs: 60_000 },
         });
         await s.release('t1', PERIOD, '/verify', 1);
+        await s.settle([{ tenantId: 't1', period: PERIOD, endpoint: '/verify', requestId: 'nope', failed: true }], NOW);
+        await s.restoreUsage('t2', PERIOD, { total: 1, endpoints: { '/verify': 1 } }, PERIOD_END, NOW);
         const keys = await keysByPrefix(p);
-        expect(keys).toHaveLength(5);
+        expect(keys).toHaveLength(7);
         const expectedPeriodTtl = PERIOD_END + COUNTER_GRACE_MS - NOW;
         for (const key of keys) {
           const ttl = await admin.pttl(key);
           if (key.includes(':read_rate:')) expect(ttl, key).toBeGreaterThan(0);
           if (key.includes(':read_rate:')) expect(ttl, key).toBeLessThanOrEqual(60_000);
+          // Everything in a pending set has settled two windows after the last reservation.
+          else if (key.includes(':usage_pending:')) expect(Math.abs(ttl - 60_000), key).toBeLessThan(5_000);
           else expect(Math.abs(ttl - expectedPeriodTtl), key).toBeLessThan(60_000);
         }
       } finally {

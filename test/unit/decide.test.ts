@@ -48,7 +48,13 @@ describe('planCheck: which limits apply', () => {
   it('GET and HEAD are read-rate limited, not metered', () => {
     for (const m of ['GET', 'HEAD']) {
       const p = storePlan(planCheck(input(m, '/usage'), C, NOW));
-      expect(p.request).toEqual({ tenantId: 'tenant_C_789', nowMs: NOW, readRate: { limit: 10, windowMs: 60_000 }, quota: null });
+      expect(p.request).toEqual({
+        tenantId: 'tenant_C_789',
+        requestId: 'rid',
+        nowMs: NOW,
+        readRate: { limit: 10, windowMs: 60_000 },
+        quota: null,
+      });
     }
   });
 
@@ -62,6 +68,7 @@ describe('planCheck: which limits apply', () => {
       endpointLimit: 10,
       totalLimit: null,
       thresholdPercents: [80, 90, 100],
+      ifUsageMissing: 'report',
     });
   });
 
@@ -170,5 +177,10 @@ describe('storeUnavailable: tier failure policy', () => {
   it('deny: 503 USAGE_CHECK_UNAVAILABLE with a short Retry-After', () => {
     const ctx = storePlan(planCheck(input('POST', '/verify'), E, NOW)).ctx;
     expect(storeUnavailable(ctx)).toMatchObject({ outcome: 'deny', code: 'USAGE_CHECK_UNAVAILABLE', httpStatus: 503, grpcCode: 14, retryAfterS: 1 });
+  });
+  it('a store answer with lost counters is never taken as an unmetered pass', () => {
+    const ctx = storePlan(planCheck(input('POST', '/verify'), E, NOW)).ctx;
+    const d = concludeCheck(ctx, { readRate: null, quota: null, usageMissing: true }, NOW);
+    expect(d).toMatchObject({ outcome: 'deny', code: 'USAGE_CHECK_UNAVAILABLE' });
   });
 });

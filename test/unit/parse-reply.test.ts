@@ -1,7 +1,17 @@
 import { describe, expect, it } from 'vitest';
-import { parseCheckAndReserveReply, parseUsageHash, toCount } from '../../src/store/parse-reply.js';
+import {
+  parseCheckAndReserveReply,
+  parseSettleReply,
+  parseSettledUsageReply,
+  parseUsageHash,
+  toCount,
+} from '../../src/store/parse-reply.js';
 
 describe('parseCheckAndReserveReply', () => {
+  it('decodes a missing usage hash (nothing evaluated)', () => {
+    expect(parseCheckAndReserveReply([0, 0, -1, 4, 0, 0, 0])).toEqual({ readRate: null, quota: null, usageMissing: true });
+  });
+
   it('decodes a reply with nothing requested', () => {
     expect(parseCheckAndReserveReply([0, 0, -1, 0, 0, 0, 0])).toEqual({ readRate: null, quota: null });
   });
@@ -70,7 +80,8 @@ describe('parseCheckAndReserveReply', () => {
     ['a length that does not fit the crossings', [0, 0, -1, 1, 1, 1, 1, 0, 80]],
     ['a non-integer', [0, 0, -1, 1, 'x', 1, 0]],
     ['an unknown read-rate status', [5, 0, -1, 0, 0, 0, 0]],
-    ['an unknown quota status', [0, 0, -1, 4, 0, 0, 0]],
+    ['an unknown quota status', [0, 0, -1, 5, 0, 0, 0]],
+    ['a missing hash with a read evaluated', [1, 1, 7, 4, 0, 0, 0]],
     ['an unknown scope', [0, 0, -1, 1, 1, 1, 1, 2, 80, 1, 1]],
     ['crossings without a quota', [0, 0, -1, 0, 0, 0, 1, 0, 80, 1, 1]],
   ])('rejects %s', (_label, reply) => {
@@ -99,5 +110,30 @@ describe('parseUsageHash', () => {
       endpoints: { '/verify': 10, '/extract': 0 },
     });
     expect(parseUsageHash({})).toEqual({ total: 0, endpoints: {} });
+  });
+});
+
+describe('parseSettleReply', () => {
+  it('maps the script codes to outcomes', () => {
+    expect([0, 1, 2, 3, '2'].map(parseSettleReply)).toEqual(['unknown', 'settled', 'refunded', 'expired', 'refunded']);
+  });
+  it.each([[4], [-1], ['x'], [null]])('rejects %s', (reply) => {
+    expect(() => parseSettleReply(reply)).toThrow(/settle reply/);
+  });
+});
+
+describe('parseSettledUsageReply', () => {
+  it('decodes counters and pending per endpoint, settled never below zero', () => {
+    expect(parseSettledUsageReply([1, 7, 2, 0, 3], ['/verify', '/extract'])).toEqual({
+      exists: true,
+      endpoints: { '/verify': { used: 7, pending: 2, settled: 5 }, '/extract': { used: 0, pending: 3, settled: 0 } },
+    });
+  });
+  it('decodes a missing hash', () => {
+    expect(parseSettledUsageReply([0], ['/verify'])).toEqual({ exists: false, endpoints: {} });
+  });
+  it('rejects a reply that does not fit the endpoints asked about', () => {
+    expect(() => parseSettledUsageReply([1, 7], ['/verify'])).toThrow(/settled-usage reply/);
+    expect(() => parseSettledUsageReply('x', [])).toThrow(/settled-usage reply/);
   });
 });

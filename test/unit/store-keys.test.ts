@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { assertValidCheckRequest, endpointField, normalizePercents, storeKeys } from '../../src/store/keys.js';
+import { assertValidCheckRequest, endpointField, normalizePercents, settlementHorizon, storeKeys } from '../../src/store/keys.js';
 
 describe('storeKeys', () => {
   it('builds the public names of the seed', () => {
@@ -30,6 +30,16 @@ describe('storeKeys', () => {
     ]);
   });
 
+  it('names the pending set of an endpoint usage_pending:<tenant>:<endpoint>:<period>', () => {
+    expect(storeKeys({}, 'tenant_E_111').pending('/verify', '2025-09')).toBe('usage_pending:tenant_E_111:/verify:2025-09');
+    expect(storeKeys({ prefix: 'p:', cluster: true }, 't1').pending('/a', '2025-10')).toBe('p:usage_pending:{t1}:/a:2025-10');
+  });
+
+  it('counts reservations as pending for billing a little past the settlement window', () => {
+    expect(settlementHorizon(120_000)).toBe(125_000);
+    expect(settlementHorizon(2_000)).toBe(2_200);
+  });
+
   it('names the hash field of an endpoint op:<endpoint>', () => {
     expect(endpointField('/verify')).toBe('op:/verify');
   });
@@ -49,7 +59,7 @@ describe('normalizePercents', () => {
 });
 
 describe('assertValidCheckRequest', () => {
-  const base = { tenantId: 't', nowMs: 1_758_217_909_000, readRate: null, quota: null };
+  const base = { tenantId: 't', requestId: 'rid', nowMs: 1_758_217_909_000, readRate: null, quota: null };
   const quota = {
     period: '2025-09',
     periodEndMs: Date.UTC(2025, 9, 1),
@@ -57,6 +67,7 @@ describe('assertValidCheckRequest', () => {
     endpointLimit: 10,
     totalLimit: null,
     thresholdPercents: [80],
+    ifUsageMissing: 'create' as const,
   };
 
   it('accepts a well-formed request', () => {
@@ -71,6 +82,7 @@ describe('assertValidCheckRequest', () => {
     ['a fractional endpoint limit', { ...base, quota: { ...quota, endpointLimit: 2.5 } }],
     ['a negative total limit', { ...base, quota: { ...quota, totalLimit: -1 } }],
     ['a missing period end', { ...base, quota: { ...quota, periodEndMs: Number.NaN } }],
+    ['a metered request without a request id', { ...base, requestId: '', quota }],
   ])('rejects %s', (_label, req) => {
     expect(() => assertValidCheckRequest(req)).toThrow(RangeError);
   });

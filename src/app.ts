@@ -9,7 +9,12 @@ import { createPgDirectory } from './directory/pg-directory.js';
 import { startGrpcServer, type RunningGrpcServer } from './grpc/server.js';
 import { startHttpServer, type RunningHttpServer } from './http/server.js';
 import type { Logger } from './logger.js';
-import { renderMetrics } from './metrics.js';
+import { buildAlerts, type BuildAlertsOptions } from './alerts/build.js';
+import type { AlertService } from './alerts/alert-service.js';
+import { registerMetrics, type CheckMetrics } from './metrics.js';
+import { billingBacklog } from './telemetry/backlogs.js';
+import { checkSpans } from './telemetry/check-span.js';
+import { createTelemetry, installedTelemetry, type Telemetry } from './telemetry/telemetry.js';
 import { CheckService } from './service/check-service.js';
 import { createMemoryStore } from './store/memory-store.js';
 import { createRedisStore } from './store/redis-store.js';
@@ -24,6 +29,10 @@ export interface AppOptions {
   readonly now?: () => number;
   /** Use this store instead of building one from the config (tests). */
   readonly store?: CounterStore;
+  /** Metrics and tracing; default: the process-wide one (register.ts), else a private metrics-only one. */
+  readonly telemetry?: Telemetry;
+  /** Alert timings and the webhook POST, replaceable in tests. */
+  readonly alerts?: BuildAlertsOptions;
 }
 
 export interface App {
@@ -33,6 +42,8 @@ export interface App {
   readonly database: DatabaseHandle;
   readonly keyCache: KeyCache;
   readonly checkService: CheckService;
+  readonly alerts: AlertService;
+  readonly telemetry: Telemetry;
   /** Not serving, drain in-flight Checks (up to `graceMs`), then close in reverse order. */
   stop(graceMs?: number): Promise<void>;
 }
@@ -96,7 +107,36 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
     const store: CounterStore = opts.store ?? buildStore(config, logger);
     if (opts.store === undefined) cleanups.push(() => store.close());
 
-    const checkService = new CheckService({ cache: keyCache, store, now, logger, timeoutMs: config.checkTimeoutMs });
+    const telemetry = opts.telemetry ?? installedTelemetry() ?? createTelemetry();
+    if (opts.telemetry === undefined && telemetry !== installedTelemetry()) cleanups.push(() => telemetry.shutdown());
+
+    // Alerts flush to the outbox after the gRPC drain (drained Checks may raise some) and before the store
+    // and the database close: registered here, they close right after gRPC in the reverse order below.
+    const built = buildAlerts(config, database, logger, now, opts.alerts);
+    const alerts = built.alerts;
+    cleanups.push(() => built.close());
+    cleanups.push(() => alerts.stop());
+
+    let checkMetrics: CheckMetrics | null = null;
+    const checkService = new CheckService({
+      cache: keyCache,
+      store,
+      now,
+      logger,
+      timeoutMs: config.checkTimeoutMs,
+      onDecision: (decision, elapsedMs) => {
+        checkMetrics?.record(decision, elapsedMs);
+        alerts.observe(decision);
+      },
+      around: telemetry.tracer ? checkSpans(telemetry.tracer) : undefined,
+    });
+    checkMetrics = registerMetrics(telemetry.meter, {
+      checkService,
+      keyCache,
+      alerts,
+      billingBacklog: billingBacklog(database),
+    });
+    alerts.start();
     let serving = false;
 
     const grpc: RunningGrpcServer = await startGrpcServer({ checkService, logger }, config.grpcHost, config.grpcPort);
@@ -109,7 +149,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
           { name: 'redis', check: () => store.ping() },
           { name: 'postgres', check: () => database.ping() },
         ],
-        metrics: () => renderMetrics({ checkService, keyCache }),
+        metrics: () => telemetry.renderPrometheus(),
       },
       config.httpHost,
       config.httpPort,
@@ -128,6 +168,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
       database,
       keyCache,
       checkService,
+      alerts,
+      telemetry,
       stop: (graceMs = config.shutdownGraceMs) => {
         stopping ??= (async () => {
           serving = false;

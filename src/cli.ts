@@ -6,6 +6,7 @@ import { ConfigError, loadConfig } from './config/env.js';
 import { openDatabase } from './db/client.js';
 import { runMigrations } from './db/migrate.js';
 import { createLogger } from './logger.js';
+import { shutdownInstalledTelemetry } from './telemetry/telemetry.js';
 import path from 'node:path';
 
 const USAGE = `usage-limiter — Envoy ext_authz server for API keys, read-rate limits and monthly quotas
@@ -35,7 +36,11 @@ async function serve(): Promise<number> {
   await new Promise<void>((resolve) => {
     const onSignal = (sig: NodeJS.Signals) => {
       logger.info({ signal: sig }, 'signal received');
-      void app.stop().then(() => logger.flush(() => resolve()));
+      // Telemetry last, so the spans of the drained Checks are exported too.
+      void app
+        .stop()
+        .then(() => shutdownInstalledTelemetry())
+        .then(() => logger.flush(() => resolve()));
     };
     process.once('SIGTERM', onSignal);
     process.once('SIGINT', onSignal);

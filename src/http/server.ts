@@ -16,7 +16,7 @@ export interface HttpServerDeps {
   readonly isServing: () => boolean;
   readonly readiness: readonly ReadinessCheck[];
   /** Prometheus text exposition. */
-  readonly metrics?: () => string;
+  readonly metrics?: () => string | Promise<string>;
   /** Extra routes (e.g. /v1/usage, /webhooks/stripe); return false when the path is not theirs. */
   readonly routes?: (req: http.IncomingMessage, res: http.ServerResponse) => boolean | Promise<boolean>;
 }
@@ -76,7 +76,7 @@ export async function startHttpServer(deps: HttpServerDeps, host: string, port: 
       return json(res, ready ? 200 : 503, { status: ready ? 'ready' : 'not ready', checks });
     }
     if (req.method === 'GET' && path === '/metrics' && deps.metrics) {
-      const text = deps.metrics();
+      const text = await deps.metrics();
       res.writeHead(200, { 'content-type': 'text/plain; version=0.0.4; charset=utf-8' });
       res.end(text);
       return;

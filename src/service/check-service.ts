@@ -25,6 +25,13 @@ export interface CheckServiceDeps {
    * Absent: the period is opened at zero.
    */
   readonly recoverUsage?: (key: ResolvedKey, period: Period) => Promise<void>;
+  /**
+   * Called with every decision and the time it took, synchronously on the hot path (metrics, alerts):
+   * it must be O(1) and must not throw.
+   */
+  readonly onDecision?: (decision: Decision, elapsedMs: number) => void;
+  /** Wraps each Check (a tracing span). Absent when tracing is off, so the Check then pays nothing for it. */
+  readonly around?: (input: CheckInput, run: () => Promise<Decision>) => Promise<Decision>;
 }
 
 export interface CheckStats {
@@ -61,15 +68,19 @@ const DEADLINE_MARGIN_MS = 5;
 
 export class CheckService {
   readonly stats: CheckStats = { storeErrors: 0, directoryErrors: 0 };
-  /** Decisions by Prometheus label set (`{outcome,code,tier}`); tenants are deliberately not a label. */
-  readonly decisions = new Map<string, number>();
   private lastErrorLogMs = 0;
 
   constructor(private readonly deps: CheckServiceDeps) {}
 
   /** @param deadlineMs Envoy's deadline for this call (epoch ms), or Infinity. Never rejects. */
-  async check(input: CheckInput, deadlineMs = Number.POSITIVE_INFINITY): Promise<Decision> {
+  check(input: CheckInput, deadlineMs = Number.POSITIVE_INFINITY): Promise<Decision> {
+    const around = this.deps.around;
+    return around === undefined ? this.decide(input, deadlineMs) : around(input, () => this.decide(input, deadlineMs));
+  }
+
+  private async decide(input: CheckInput, deadlineMs: number): Promise<Decision> {
     const { cache, store, now, logger } = this.deps;
+    const startedMs = performance.now();
     const budget = () => Math.min(this.deps.timeoutMs, deadlineMs - now() - DEADLINE_MARGIN_MS);
 
     let key: ResolvedKey | null = null;
@@ -85,31 +96,27 @@ export class CheckService {
           // Unknown key and no directory: nothing tells us the tenant or its policy, so we cannot admit it.
           this.stats.directoryErrors++;
           this.logFailure('DatabaseError', err);
-          return this.emit(deny('USAGE_CHECK_UNAVAILABLE'));
+          return this.emit(deny('USAGE_CHECK_UNAVAILABLE'), startedMs);
         }
       }
     }
 
     const plan = planCheck(input, key, now());
-    if (plan.kind === 'decided') return this.emit(plan.decision);
+    if (plan.kind === 'decided') return this.emit(plan.decision, startedMs);
     try {
       let result = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
       if (result.usageMissing) result = await this.rebuildAndRetry(plan, key, budget);
-      return this.emit(concludeCheck(plan.ctx, result, now()));
+      return this.emit(concludeCheck(plan.ctx, result, now()), startedMs);
     } catch (err) {
       this.stats.storeErrors++;
       this.logFailure('CacheError', err, plan.ctx.tenantId);
-      return this.emit(storeUnavailable(plan.ctx));
+      return this.emit(storeUnavailable(plan.ctx), startedMs);
     }
   }
 
-  private emit(decision: Decision): Decision {
+  private emit(decision: Decision, startedMs: number): Decision {
     for (const e of decision.events) logEvent(this.deps.logger, e);
-    const tier = decision.tierId ?? 'none';
-    const labels = `{outcome="${decision.outcome}",code="${decision.code}",tier="${tier}"${
-      decision.outcome === 'allow' && decision.degraded ? ',degraded="true"' : ''
-    }}`;
-    this.decisions.set(labels, (this.decisions.get(labels) ?? 0) + 1);
+    this.deps.onDecision?.(decision, performance.now() - startedMs);
     return decision;
   }
 

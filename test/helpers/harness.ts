@@ -2,7 +2,7 @@
 // services, with a pinned clock and captured logs, and gives tests a real gRPC client.
 import { Writable } from 'node:stream';
 import * as grpc from '@grpc/grpc-js';
-import { startApp, type App } from '../../src/app.js';
+import { startApp, type App, type AppOptions } from '../../src/app.js';
 import { DEMO_TENANTS_FILE, loadConfig } from '../../src/config/env.js';
 import type { CheckResponseMessage } from '../../src/grpc/check-mapping.js';
 import { authorizationService, httpStatusNumber } from '../../src/grpc/protos.js';
@@ -34,6 +34,8 @@ export async function startHarness(o: {
   env: Record<string, string>;
   nowMs: number;
   store?: CounterStore;
+  /** More AppOptions (telemetry, alert timings, a webhook POST stand-in). */
+  app?: Omit<AppOptions, 'logger' | 'now' | 'store'>;
 }): Promise<Harness> {
   const config = loadConfig({
     GRPC_HOST: '127.0.0.1',
@@ -52,6 +54,7 @@ export async function startHarness(o: {
     logger: createLogger(config.logLevel, logs),
     now: () => clock.now,
     ...(o.store ? { store: o.store } : {}),
+    ...o.app,
   });
   const Client = authorizationService();
   const client = new Client(`127.0.0.1:${app.grpcPort}`, grpc.credentials.createInsecure()) as unknown as grpc.Client & {

@@ -1,0 +1,162 @@
+import type { Redis } from 'ioredis';
+import type { Logger } from '../logger.js';
+
+// Repeated violations: a tenant denied N times (429s) within a fixed window raises one alert per window.
+// The Check only increments an in-process counter; every `flushMs` the deltas are added to shared window
+// counters, and whichever flush carries a tenant's count across N raises the alert. With Redis the
+// counters are shared (`violations:<tenant>:<window start, epoch s>`, INCRBY is atomic), so denials are
+// counted over all replicas and exactly one replica sees the crossing. Without Redis they are per process.
+// Windows are aligned to the epoch (e.g. every 5 minutes on the clock), so every replica agrees on them.
+
+export interface WindowCounterEntry {
+  readonly key: string;
+  readonly delta: number;
+  /** How long the counter must live (past the end of its window). */
+  readonly ttlMs: number;
+}
+
+/** Adds each delta to its counter and returns the new totals, in the same order. */
+export interface WindowCounter {
+  add(entries: readonly WindowCounterEntry[]): Promise<number[]>;
+}
+
+export function memoryWindowCounter(now: () => number = Date.now): WindowCounter {
+  const counters = new Map<string, { n: number; expiresAt: number }>();
+  return {
+    async add(entries) {
+      const t = now();
+      for (const [k, c] of counters) if (c.expiresAt <= t) counters.delete(k);
+      return entries.map((e) => {
+        const c = counters.get(e.key) ?? { n: 0, expiresAt: 0 };
+        c.n += e.delta;
+        c.expiresAt = t + e.ttlMs;
+        counters.set(e.key, c);
+        return c.n;
+      });
+    },
+  };
+}
+
+export function redisWindowCounter(client: Redis): WindowCounter {
+  return {
+    async add(entries) {
+      if (entries.length === 0) return [];
+      const p = client.pipeline();
+      for (const e of entries) p.incrby(e.key, e.delta).pexpire(e.key, Math.max(1, Math.round(e.ttlMs)));
+      const replies = (await p.exec()) ?? [];
+      return entries.map((_, i) => {
+        const [err, value] = replies[i * 2] ?? [new Error('no reply'), null];
+        if (err) throw err;
+        return Number(value);
+      });
+    },
+  };
+}
+
+export interface ViolationWindow {
+  readonly startMs: number;
+  readonly lengthMs: number;
+}
+
+export interface ViolationTrackerOptions {
+  readonly counter: WindowCounter;
+  /** Denials within one window that raise the alert. */
+  readonly threshold: number;
+  readonly windowMs: number;
+  readonly flushMs: number;
+  /** Prepended to counter keys (REDIS_KEY_PREFIX). */
+  readonly keyPrefix: string;
+  readonly logger: Logger;
+  readonly onCrossed: (tenantId: string, window: ViolationWindow, count: number) => void;
+}
+
+/** Counters outlive their window by this much, so a late flush still adds to the right one. */
+const WINDOW_GRACE_MS = 60_000;
+
+export class ViolationTracker {
+  /** Window start → tenant → denials not yet flushed. */
+  private pending = new Map<number, Map<string, number>>();
+  private timer: NodeJS.Timeout | null = null;
+  private flushing: Promise<void> | null = null;
+  private failing = false;
+
+  constructor(private readonly opts: ViolationTrackerOptions) {}
+
+  /** Hot path: two Map operations. */
+  record(tenantId: string, nowMs: number): void {
+    const start = nowMs - (nowMs % this.opts.windowMs);
+    let byTenant = this.pending.get(start);
+    if (byTenant === undefined) {
+      byTenant = new Map();
+      this.pending.set(start, byTenant);
+    }
+    byTenant.set(tenantId, (byTenant.get(tenantId) ?? 0) + 1);
+  }
+
+  start(): void {
+    if (this.timer !== null) return;
+    this.timer = setInterval(() => void this.flush(), this.opts.flushMs);
+    this.timer.unref();
+  }
+
+  async stop(): Promise<void> {
+    if (this.timer !== null) clearInterval(this.timer);
+    this.timer = null;
+    await this.flush();
+  }
+
+  /** Never rejects: on failure the deltas are kept for the next flush. */
+  flush(): Promise<void> {
+    this.flushing ??= this.flushOnce().finally(() => {
+      this.flushing = null;
+    });
+    return this.flushing;
+  }
+
+  private async flushOnce(): Promise<void> {
+    if (this.pending.size === 0) return;
+    const batch = this.pending;
+    this.pending = new Map();
+    const { windowMs, keyPrefix, threshold } = this.opts;
+    const items: Array<{ tenantId: string; start: number; delta: number }> = [];
+    const entries: WindowCounterEntry[] = [];
+    const nowMs = Date.now();
+    for (const [start, byTenant] of batch) {
+      for (const [tenantId, delta] of byTenant) {
+        items.push({ tenantId, start, delta });
+        entries.push({
+          key: `${keyPrefix}violations:${tenantId}:${Math.floor(start / 1000)}`,
+          delta,
+          ttlMs: Math.max(WINDOW_GRACE_MS, start + windowMs - nowMs + WINDOW_GRACE_MS),
+        });
+      }
+    }
+    let totals: number[];
+    try {
+      totals = await this.opts.counter.add(entries);
+      if (this.failing) this.opts.logger.info({ event: 'violations.recovered' }, 'violation counters reachable again');
+      this.failing = false;
+    } catch (err) {
+      // Put the deltas back; they are added on the next flush.
+      for (const it of items) {
+        const w = this.pending.get(it.start) ?? new Map<string, number>();
+        w.set(it.tenantId, (w.get(it.tenantId) ?? 0) + it.delta);
+        this.pending.set(it.start, w);
+      }
+      if (!this.failing) {
+        this.opts.logger.warn(
+          { event: 'violations.unreachable', err: err instanceof Error ? err.message : String(err) },
+          'could not update shared violation counters; keeping counts in memory',
+        );
+      }
+      this.failing = true;
+      return;
+    }
+    items.forEach((it, i) => {
+      const total = totals[i] ?? 0;
+      if (total >= threshold && total - it.delta < threshold) {
+        this.opts.onCrossed(it.tenantId, { startMs: it.start, lengthMs: windowMs }, total);
+      }
+    });
+  }
+}

@@ -104,6 +104,7 @@ export class AlertService implements AlertMetricsSource {
       flushMs: t.violationFlushMs,
       keyPrefix: o.keyPrefix,
       logger: o.logger,
+      now: o.now,
       onCrossed: (tenantId, window, count) => {
         this.raised.repeated_violations++;
         const alert = repeatedViolationsAlert(tenantId, window, count, o.violationThreshold, o.now());

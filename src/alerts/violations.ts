@@ -67,6 +67,8 @@ export interface ViolationTrackerOptions {
   /** Prepended to counter keys (REDIS_KEY_PREFIX). */
   readonly keyPrefix: string;
   readonly logger: Logger;
+  /** The clock the denials were recorded with (for counter lifetimes). */
+  readonly now: () => number;
   readonly onCrossed: (tenantId: string, window: ViolationWindow, count: number) => void;
 }
 
@@ -120,7 +122,7 @@ export class ViolationTracker {
     const { windowMs, keyPrefix, threshold } = this.opts;
     const items: Array<{ tenantId: string; start: number; delta: number }> = [];
     const entries: WindowCounterEntry[] = [];
-    const nowMs = Date.now();
+    const nowMs = this.opts.now();
     for (const [start, byTenant] of batch) {
       for (const [tenantId, delta] of byTenant) {
         items.push({ tenantId, start, delta });

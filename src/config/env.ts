@@ -131,6 +131,10 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     throw new ConfigError(problems);
   }
   const e = parsed.data;
+  // Unsigned alerts would be indistinguishable from forged ones.
+  if (e.ALERT_WEBHOOK_URL !== undefined && e.ALERT_WEBHOOK_SECRET === undefined) {
+    throw new ConfigError(['ALERT_WEBHOOK_SECRET: required when ALERT_WEBHOOK_URL is set']);
+  }
   const config: Config = {
     grpcHost: e.GRPC_HOST,
     grpcPort: e.GRPC_PORT,

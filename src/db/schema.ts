@@ -104,13 +104,22 @@ export const directoryVersion = pgTable(
 );
 
 /** Stripe webhook events already processed, so a replayed delivery changes nothing. */
-export const stripeEvents = pgTable('stripe_events', {
-  id: text('id').primaryKey(),
-  type: text('type').notNull(),
-  /** The event's own `created` (Stripe may deliver out of order). */
-  stripeCreatedAt: timestamp('stripe_created_at', { withTimezone: true }).notNull(),
-  receivedAt: timestamp('received_at', { withTimezone: true }).notNull().defaultNow(),
-});
+export const stripeEvents = pgTable(
+  'stripe_events',
+  {
+    id: text('id').primaryKey(),
+    type: text('type').notNull(),
+    /** The event's own `created` (Stripe may deliver out of order). */
+    stripeCreatedAt: timestamp('stripe_created_at', { withTimezone: true }).notNull(),
+    receivedAt: timestamp('received_at', { withTimezone: true }).notNull().defaultNow(),
+    /**
+     * The tenant a subscription event was about (no foreign key: the record outlives the tenant). An older
+     * subscription event than the newest one seen for the tenant is not applied.
+     */
+    tenantId: text('tenant_id'),
+  },
+  (t) => [index('stripe_events_tenant_created_idx').on(t.tenantId, t.stripeCreatedAt)],
+);
 
 /**
  * Durable usage-reporting progress per tenant, endpoint and period: units confirmed as sent to Stripe, and

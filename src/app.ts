@@ -5,9 +5,10 @@ import { applyFile } from './admin/apply.js';
 import { openDatabase, type DatabaseHandle } from './db/client.js';
 import { runMigrations } from './db/migrate.js';
 import { KeyCache } from './directory/key-cache.js';
-import { createPgDirectory } from './directory/pg-directory.js';
+import { createPgDirectory, loadTenant } from './directory/pg-directory.js';
 import { startGrpcServer, type RunningGrpcServer } from './grpc/server.js';
 import { startHttpServer, type RunningHttpServer } from './http/server.js';
+import { usageRoutes } from './http/usage-api.js';
 import type { Logger } from './logger.js';
 import { buildAlerts, type BuildAlertsOptions } from './alerts/build.js';
 import type { AlertService } from './alerts/alert-service.js';
@@ -150,6 +151,16 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
           { name: 'postgres', check: () => database.ping() },
         ],
         metrics: () => telemetry.renderPrometheus(),
+        routes: usageRoutes({
+          cache: keyCache,
+          store,
+          now,
+          // Not Envoy's 100 ms budget: a person or a dashboard is waiting, not a request in flight.
+          timeoutMs: Math.max(1_000, config.checkTimeoutMs),
+          trustTenantHeader: config.usageApiTrustTenantHeader,
+          loadTenant: (id) => loadTenant(database, id),
+          logger,
+        }),
       },
       config.httpHost,
       config.httpPort,

@@ -73,6 +73,11 @@ const schema = z.object({
   VIOLATION_ALERT_COUNT: positiveInt.default(100),
   VIOLATION_ALERT_WINDOW_SECONDS: positiveInt.default(300),
   SHUTDOWN_GRACE_SECONDS: positiveInt.max(300).default(10),
+  /**
+   * GET /v1/usage takes the tenant from x-tenant-id (which Envoy sets after ext_authz) instead of requiring the
+   * API key. Only safe when the HTTP port is reachable from Envoy alone (the k8s NetworkPolicy).
+   */
+  USAGE_API_TRUST_TENANT_HEADER: bool.default(false),
 });
 
 export interface Config {
@@ -108,6 +113,7 @@ export interface Config {
   readonly violationAlertCount: number;
   readonly violationAlertWindowMs: number;
   readonly shutdownGraceMs: number;
+  readonly usageApiTrustTenantHeader: boolean;
 }
 
 export class ConfigError extends Error {
@@ -165,6 +171,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     violationAlertCount: e.VIOLATION_ALERT_COUNT,
     violationAlertWindowMs: e.VIOLATION_ALERT_WINDOW_SECONDS * 1000,
     shutdownGraceMs: e.SHUTDOWN_GRACE_SECONDS * 1000,
+    usageApiTrustTenantHeader: e.USAGE_API_TRUST_TENANT_HEADER,
   };
   return Object.freeze(config);
 }

@@ -2,8 +2,8 @@
 // favours one round trip per batch over anything clever.
 import { eq, inArray } from 'drizzle-orm';
 import type { DatabaseHandle } from '../db/client.js';
-import { apiKeys, directoryVersion, tenants, tiers } from '../db/schema.js';
-import type { ResolvedKey } from '../core/types.js';
+import { apiKeys, directoryVersion, tenants, tiers, type TenantRow, type TierRow } from '../db/schema.js';
+import type { ResolvedKey, Tenant, Tier } from '../core/types.js';
 import type { TenantDirectory } from './types.js';
 
 export interface PgDirectoryOptions {
@@ -34,23 +34,8 @@ export function createPgDirectory(handle: DatabaseHandle, opts: PgDirectoryOptio
           keyPrefix: key.keyPrefix,
           expiresAtMs: key.expiresAt?.getTime() ?? null,
           revokedAtMs: key.revokedAt?.getTime() ?? null,
-          tenant: {
-            id: tenant.id,
-            tierId: tenant.tierId,
-            status: tenant.status,
-            stripeCustomerId: tenant.stripeCustomerId,
-            billingAnchorMs: tenant.billingAnchor?.getTime() ?? null,
-          },
-          tier: {
-            id: tier.id,
-            readRateLimit:
-              tier.readRateRequests !== null && tier.readRatePerSeconds !== null
-                ? { requests: tier.readRateRequests, perSeconds: tier.readRatePerSeconds }
-                : null,
-            monthlyQuota: { total: tier.quotaTotal, endpoints: numericRecord(tier.quotaEndpoints) },
-            alertThresholds: numericList(tier.alertThresholds),
-            failurePolicy: tier.failurePolicy,
-          },
+          tenant: toTenant(tenant),
+          tier: toTier(tier),
         });
       }
       return out;
@@ -69,6 +54,40 @@ export function createPgDirectory(handle: DatabaseHandle, opts: PgDirectoryOptio
     async close() {
       if (opts.closeHandle) await handle.close();
     },
+  };
+}
+
+/** A tenant and its tier by tenant id (GET /v1/usage behind Envoy, which identifies the tenant, not the key). */
+export async function loadTenant(handle: DatabaseHandle, tenantId: string): Promise<{ tenant: Tenant; tier: Tier } | null> {
+  const rows = await handle.db
+    .select({ tenant: tenants, tier: tiers })
+    .from(tenants)
+    .innerJoin(tiers, eq(tenants.tierId, tiers.id))
+    .where(eq(tenants.id, tenantId));
+  const row = rows[0];
+  return row ? { tenant: toTenant(row.tenant), tier: toTier(row.tier) } : null;
+}
+
+function toTenant(tenant: TenantRow): Tenant {
+  return {
+    id: tenant.id,
+    tierId: tenant.tierId,
+    status: tenant.status,
+    stripeCustomerId: tenant.stripeCustomerId,
+    billingAnchorMs: tenant.billingAnchor?.getTime() ?? null,
+  };
+}
+
+function toTier(tier: TierRow): Tier {
+  return {
+    id: tier.id,
+    readRateLimit:
+      tier.readRateRequests !== null && tier.readRatePerSeconds !== null
+        ? { requests: tier.readRateRequests, perSeconds: tier.readRatePerSeconds }
+        : null,
+    monthlyQuota: { total: tier.quotaTotal, endpoints: numericRecord(tier.quotaEndpoints) },
+    alertThresholds: numericList(tier.alertThresholds),
+    failurePolicy: tier.failurePolicy,
   };
 }
 

@@ -5,6 +5,7 @@ import { applyFile } from './admin/apply.js';
 import { openDatabase, type DatabaseHandle } from './db/client.js';
 import { runMigrations } from './db/migrate.js';
 import { KeyCache } from './directory/key-cache.js';
+import { listenForDirectoryChanges } from './directory/change-listener.js';
 import { createPgDirectory, loadTenant } from './directory/pg-directory.js';
 import { startGrpcServer, type RunningGrpcServer } from './grpc/server.js';
 import { startHttpServer, type RunningHttpServer } from './http/server.js';
@@ -104,6 +105,11 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
     });
     keyCache.start();
     cleanups.push(async () => keyCache.stop());
+    if (config.databaseUrl) {
+      // Key and tier changes reach this replica on commit (NOTIFY), not only at the next version poll.
+      const listener = listenForDirectoryChanges(config.databaseUrl, () => void keyCache.poll(), logger);
+      cleanups.push(() => listener.close());
+    }
 
     const store: CounterStore = opts.store ?? buildStore(config, logger);
     if (opts.store === undefined) cleanups.push(() => store.close());

@@ -2,6 +2,7 @@ import { parseArgs } from 'node:util';
 import { applyFile } from './admin/apply.js';
 import { startApp } from './app.js';
 import { renderCheckResponse, sendCheck } from './cli/check-command.js';
+import { alertsCommand, keysCommand, KEYS_USAGE } from './cli/keys-command.js';
 import { ConfigError, loadConfig } from './config/env.js';
 import { openDatabase } from './db/client.js';
 import { runMigrations } from './db/migrate.js';
@@ -18,6 +19,7 @@ Commands:
   check --key K [--method GET] [--path /usage] [--target 127.0.0.1:9191]
         [--header name:value ...] [--request-id ID] [--timeout-ms 2000]
                              send one Envoy-shaped CheckRequest and print the answer as HTTP
+${KEYS_USAGE}
 
 Configuration comes from environment variables; see the README's configuration table.`;
 
@@ -123,6 +125,22 @@ export async function main(argv: string[]): Promise<number> {
         return await apply(rest);
       case 'check':
         return await check(rest);
+      case 'keys': {
+        const config = loadConfig();
+        const logger = createLogger(config.logLevel);
+        const openDb = async () => {
+          const db = await openDatabase({ ...databaseOptions(config), logger });
+          if (config.migrateOnStart) await runMigrations(db);
+          return db;
+        };
+        const io = { out: (t: string) => process.stdout.write(`${t}\n`), err: (t: string) => process.stderr.write(`${t}\n`) };
+        return await keysCommand(rest, openDb, io);
+      }
+      case 'alerts':
+        return alertsCommand(rest, loadConfig().alertWebhookSecret, {
+          out: (t) => process.stdout.write(`${t}\n`),
+          err: (t) => process.stderr.write(`${t}\n`),
+        });
       case 'help':
       case '--help':
       case '-h':

@@ -42,6 +42,7 @@ export class KeyCache {
   private lastVersion: bigint | null = null;
   private timer: NodeJS.Timeout | null = null;
   private polling = false;
+  private pollAgain = false;
   private pollFailing = false;
   readonly stats: KeyCacheStats = { hits: 0, misses: 0, loads: 0, loadErrors: 0, refreshes: 0 };
 
@@ -121,9 +122,16 @@ export class KeyCache {
     this.timer = null;
   }
 
-  /** One poll: if the version moved, drop negative entries and reload every positive one in bulk. */
+  /**
+   * One poll: if the version moved, drop negative entries and reload every positive one in bulk. A poll
+   * asked for while one runs (a change notification) runs right after it, since the running one may have
+   * read the version before the change committed.
+   */
   async poll(): Promise<void> {
-    if (this.polling) return;
+    if (this.polling) {
+      this.pollAgain = true;
+      return;
+    }
     this.polling = true;
     try {
       const version = await this.directory.version();
@@ -142,6 +150,10 @@ export class KeyCache {
       this.pollFailing = true;
     } finally {
       this.polling = false;
+      if (this.pollAgain) {
+        this.pollAgain = false;
+        void this.poll();
+      }
     }
   }
 

@@ -7,6 +7,7 @@ import { runMigrations } from './db/migrate.js';
 import { KeyCache } from './directory/key-cache.js';
 import { listenForDirectoryChanges } from './directory/change-listener.js';
 import { createPgDirectory, loadTenant } from './directory/pg-directory.js';
+import { createUsageBilling, firstRoute, type UsageBilling } from './billing/wiring.js';
 import { startGrpcServer, type RunningGrpcServer } from './grpc/server.js';
 import { startHttpServer, type RunningHttpServer } from './http/server.js';
 import { usageRoutes } from './http/usage-api.js';
@@ -44,6 +45,8 @@ export interface App {
   readonly database: DatabaseHandle;
   readonly keyCache: KeyCache;
   readonly checkService: CheckService;
+  /** Settlement (access-log stream), usage reporting, counter recovery, Stripe webhooks. */
+  readonly billing: UsageBilling;
   readonly alerts: AlertService;
   readonly telemetry: Telemetry;
   /** Not serving, drain in-flight Checks (up to `graceMs`), then close in reverse order. */
@@ -56,13 +59,14 @@ function buildStore(config: Config, logger: Logger): CounterStore {
       url: config.redisUrl,
       prefix: config.redisKeyPrefix,
       commandTimeoutMs: config.checkTimeoutMs,
+      settlementWindowMs: config.settlementWindowMs,
     });
   }
   logger.warn(
     { event: 'store.memory' },
     'REDIS_URL not set: counters are kept in process memory and are NOT shared between replicas',
   );
-  return createMemoryStore();
+  return createMemoryStore({ settlementWindowMs: config.settlementWindowMs });
 }
 
 export async function startApp(config: Config, opts: AppOptions): Promise<App> {
@@ -113,6 +117,9 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
 
     const store: CounterStore = opts.store ?? buildStore(config, logger);
     if (opts.store === undefined) cleanups.push(() => store.close());
+    // Closed after the gRPC drain (its final usage report counts the drained Checks) and before the store.
+    const billing = createUsageBilling({ config, database, store, logger, now });
+    cleanups.push(() => billing.stop());
 
     const telemetry = opts.telemetry ?? installedTelemetry() ?? createTelemetry();
     if (opts.telemetry === undefined && telemetry !== installedTelemetry()) cleanups.push(() => telemetry.shutdown());
@@ -131,6 +138,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
       now,
       logger,
       timeoutMs: config.checkTimeoutMs,
+      recoverUsage: billing.recoverUsage,
       onDecision: (decision, elapsedMs) => {
         checkMetrics?.record(decision, elapsedMs);
         alerts.observe(decision);
@@ -146,7 +154,11 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
     alerts.start();
     let serving = false;
 
-    const grpc: RunningGrpcServer = await startGrpcServer({ checkService, logger }, config.grpcHost, config.grpcPort);
+    const grpc: RunningGrpcServer = await startGrpcServer(
+      { checkService, logger, register: (server) => billing.registerGrpc(server) },
+      config.grpcHost,
+      config.grpcPort,
+    );
     cleanups.push(() => grpc.shutdown(0));
     const http: RunningHttpServer = await startHttpServer(
       {
@@ -157,7 +169,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
           { name: 'postgres', check: () => database.ping() },
         ],
         metrics: () => telemetry.renderPrometheus(),
-        routes: usageRoutes({
+        routes: firstRoute(billing.routes, usageRoutes({
           cache: keyCache,
           store,
           now,
@@ -166,7 +178,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
           trustTenantHeader: config.usageApiTrustTenantHeader,
           loadTenant: (id) => loadTenant(database, id),
           logger,
-        }),
+        })),
       },
       config.httpHost,
       config.httpPort,
@@ -175,6 +187,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
 
     serving = true;
     grpc.setServing('SERVING');
+    billing.start();
     logger.info({ grpcPort: grpc.port, httpPort: http.port }, 'usage-limiter serving');
 
     let stopping: Promise<void> | null = null;
@@ -185,6 +198,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
       database,
       keyCache,
       checkService,
+      billing,
       alerts,
       telemetry,
       stop: (graceMs = config.shutdownGraceMs) => {

@@ -1,6 +1,7 @@
 import { parseArgs } from 'node:util';
 import { applyFile } from './admin/apply.js';
 import { startApp } from './app.js';
+import { runReporter } from './billing/run-reporter.js';
 import { renderCheckResponse, sendCheck } from './cli/check-command.js';
 import { alertsCommand, keysCommand, KEYS_USAGE } from './cli/keys-command.js';
 import { ConfigError, loadConfig } from './config/env.js';
@@ -16,6 +17,7 @@ Commands:
   serve                      run the gRPC (GRPC_PORT, 9191) and HTTP (HTTP_PORT, 8081) servers (default)
   migrate                    apply database migrations and exit
   apply -f FILE.yaml         upsert tiers, tenants and keys from FILE (all or nothing)
+  report [--once]            report settled usage to Stripe, alone (serve runs the same reporter too)
   check --key K [--method GET] [--path /usage] [--target 127.0.0.1:9191]
         [--header name:value ...] [--request-id ID] [--timeout-ms 2000]
                              send one Envoy-shaped CheckRequest and print the answer as HTTP
@@ -113,6 +115,17 @@ async function check(args: string[]): Promise<number> {
   return 0;
 }
 
+async function report(args: string[]): Promise<number> {
+  const { values } = parseArgs({ args, options: { once: { type: 'boolean', default: false } }, strict: true });
+  const config = loadConfig();
+  const logger = createLogger(config.logLevel);
+  try {
+    return await runReporter(config, logger, { once: values.once === true });
+  } finally {
+    logger.flush();
+  }
+}
+
 export async function main(argv: string[]): Promise<number> {
   const [command = 'serve', ...rest] = argv;
   try {
@@ -125,6 +138,8 @@ export async function main(argv: string[]): Promise<number> {
         return await apply(rest);
       case 'check':
         return await check(rest);
+      case 'report':
+        return await report(rest);
       case 'keys': {
         const config = loadConfig();
         const logger = createLogger(config.logLevel);

@@ -17,6 +17,11 @@ export interface ApplyTier {
   /** Sorted ascending, without duplicates. */
   readonly alertThresholds: readonly number[];
   readonly failurePolicy: FailurePolicy;
+  /**
+   * Stripe price lookup keys or price ids whose subscriptions put a tenant on this tier (webhook sync).
+   * Undefined: not managed by the file (a new tier gets none, an existing one keeps its own).
+   */
+  readonly stripePrices: readonly string[] | undefined;
   /** Where it came from, e.g. `tiers[0]`, for problems found later against the database. */
   readonly path: string;
 }
@@ -73,6 +78,11 @@ const positiveInt = z
 
 const id = z.string({ error: says(ID_RULE) }).regex(ID_RE, { error: ID_RULE });
 
+const PRICE_RULE = 'must be a Stripe price lookup key or price id: 1-200 printable characters without spaces';
+const stripePrice = z
+  .string({ error: says(PRICE_RULE) })
+  .regex(/^[\x21-\x7e]{1,200}$/, { error: PRICE_RULE });
+
 const threshold = z
   .number({ error: says('must be a number greater than 0 and at most 1') })
   .gt(0, { error: 'must be greater than 0 and at most 1' })
@@ -88,6 +98,7 @@ const tierSchema = z
       .optional(),
     alertThresholds: z.array(threshold).optional(),
     failurePolicy: z.enum(['allow', 'deny'], { error: says('must be "allow" or "deny"') }).optional(),
+    stripePrices: z.array(stripePrice, { error: says('must be a list') }).optional(),
   })
   .strict();
 
@@ -184,6 +195,7 @@ function normalise(data: RawFile, fileName: string): ApplyDocument {
     monthlyQuota: { total: t.monthlyQuota?.total ?? null, endpoints: { ...(t.monthlyQuota?.endpoints ?? {}) } },
     alertThresholds: [...new Set(t.alertThresholds ?? DEFAULT_ALERT_THRESHOLDS)].sort((a, b) => a - b),
     failurePolicy: t.failurePolicy ?? 'allow',
+    stripePrices: t.stripePrices === undefined ? undefined : [...new Set(t.stripePrices)],
     path: formatPath(['tiers', i]),
   }));
   const tenants = (data.tenants ?? []).map((t, i): ApplyTenant => ({
@@ -235,7 +247,7 @@ function fromIssue(issue: z.core.$ZodIssue, raw: unknown): Problem[] {
 
 const FIELDS_AT: Record<string, readonly string[]> = {
   '': ['tiers', 'tenants'],
-  tier: ['id', 'readRateLimit', 'monthlyQuota', 'alertThresholds', 'failurePolicy'],
+  tier: ['id', 'readRateLimit', 'monthlyQuota', 'alertThresholds', 'failurePolicy', 'stripePrices'],
   readRateLimit: ['requests', 'perSeconds'],
   monthlyQuota: ['total', 'endpoints'],
   tenant: ['id', 'tier', 'status', 'stripeCustomerId', 'apiKeys'],
@@ -257,6 +269,19 @@ function crossCheck(raw: unknown): Problem[] {
   const tenants = asArray(getAt(raw, ['tenants']));
 
   const firstTier = new Map<string, number>();
+  // A subscription's price must name one tier; the same price on two tiers would be a coin toss.
+  const firstPrice = new Map<string, string>();
+  tiers.forEach((t, i) => {
+    asArray(getAt(t, ['stripePrices'])).forEach((price, j) => {
+      if (typeof price !== 'string') return;
+      const seen = firstPrice.get(price);
+      const here = formatPath(['tiers', i, 'stripePrices', j]);
+      if (seen === undefined) firstPrice.set(price, here);
+      else if (!seen.startsWith(`tiers[${i}].`)) {
+        problems.push({ path: ['tiers', i, 'stripePrices', j], message: `Stripe price "${price}" already maps to ${seen}` });
+      }
+    });
+  });
   tiers.forEach((t, i) => {
     const tierId = getAt(t, ['id']);
     if (typeof tierId === 'string') {

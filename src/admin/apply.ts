@@ -134,7 +134,7 @@ async function applyTiers(tx: Tx, fileTiers: readonly ApplyTier[], existing: Map
     const values = tierValues(tier);
     const row = existing.get(tier.id);
     if (!row) {
-      created.push({ id: tier.id, ...values });
+      created.push({ id: tier.id, ...values, stripePrices: values.stripePrices ?? [] });
       s.tiers.created++;
       s.changes.push(`tier ${tier.id}: created`);
     } else if (tierDiffers(row, values)) {
@@ -156,6 +156,8 @@ function tierValues(tier: ApplyTier) {
     quotaEndpoints: { ...tier.monthlyQuota.endpoints },
     alertThresholds: [...tier.alertThresholds],
     failurePolicy: tier.failurePolicy,
+    // Undefined leaves the stored list alone (drizzle skips undefined fields in an update).
+    stripePrices: tier.stripePrices === undefined ? undefined : [...tier.stripePrices],
   };
 }
 
@@ -166,7 +168,8 @@ function tierDiffers(row: TierRow, v: ReturnType<typeof tierValues>): boolean {
     row.quotaTotal !== v.quotaTotal ||
     row.failurePolicy !== v.failurePolicy ||
     !sameRecord(row.quotaEndpoints, v.quotaEndpoints) ||
-    !sameList(row.alertThresholds, v.alertThresholds)
+    !sameList(row.alertThresholds, v.alertThresholds) ||
+    (v.stripePrices !== undefined && !sameList(row.stripePrices, v.stripePrices))
   );
 }
 
@@ -271,7 +274,7 @@ function sameRecord(a: Record<string, number>, b: Record<string, number>): boole
   return ak.length === Object.keys(b).length && ak.every((k) => a[k] === b[k]);
 }
 
-function sameList(a: readonly number[], b: readonly number[]): boolean {
+function sameList<T>(a: readonly T[], b: readonly T[]): boolean {
   return a.length === b.length && a.every((x, i) => x === b[i]);
 }
 

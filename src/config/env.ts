@@ -65,6 +65,10 @@ const schema = z.object({
       .optional(),
   ),
   USAGE_REPORT_INTERVAL_SECONDS: positiveInt.max(86_400).default(60),
+  /** Bound on one Stripe API call; a slower answer is retried (the meter event identifier keeps it single). */
+  STRIPE_TIMEOUT_MS: positiveInt.max(120_000).default(10_000),
+  /** The tier a tenant moves to when its subscription ends; unset: the tier `free` if there is one. */
+  STRIPE_CANCELED_TIER: optionalString.pipe(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'must be a tier id').optional()),
   /** How long a reservation waits for its access-log entry before it counts as settled. */
   SETTLEMENT_WINDOW_SECONDS: positiveInt.max(3600).default(120),
   ALERT_WEBHOOK_URL: optionalString.pipe(z.string().url().optional()),
@@ -107,6 +111,9 @@ export interface Config {
   /** Endpoint → meter event name; endpoints not listed use `stripeMeterEvent`. */
   readonly stripeMeters: Readonly<Record<string, string>>;
   readonly usageReportIntervalMs: number;
+  readonly stripeTimeoutMs: number;
+  /** Where a canceled subscription leaves its tenant; undefined: `free` if that tier exists, else unchanged. */
+  readonly stripeCanceledTier: string | undefined;
   readonly settlementWindowMs: number;
   readonly alertWebhookUrl: string | undefined;
   readonly alertWebhookSecret: string | undefined;
@@ -165,6 +172,8 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     stripeMeterEvent: e.STRIPE_METER_EVENT,
     stripeMeters: Object.freeze({ ...(e.STRIPE_METERS ?? {}) }),
     usageReportIntervalMs: e.USAGE_REPORT_INTERVAL_SECONDS * 1000,
+    stripeTimeoutMs: e.STRIPE_TIMEOUT_MS,
+    stripeCanceledTier: e.STRIPE_CANCELED_TIER,
     settlementWindowMs: e.SETTLEMENT_WINDOW_SECONDS * 1000,
     alertWebhookUrl: e.ALERT_WEBHOOK_URL,
     alertWebhookSecret: e.ALERT_WEBHOOK_SECRET,

@@ -261,7 +261,7 @@ export function createMemoryStore(opts: MemoryStoreOptions = {}): MemoryCounterS
       if (liveHash(k.usage(period), nowMs)) return false;
       const fields = new Map<string, number>([[TOTAL_FIELD, usage.total]]);
       for (const [endpoint, n] of Object.entries(usage.endpoints)) {
-        fields.set(endpointField(endpoint), n);
+        if (n !== 0) fields.set(endpointField(endpoint), n);
         pendingSets.delete(k.pending(endpoint, period));
       }
       hashes.set(k.usage(period), { fields, expiresAt: nowMs + Math.max(1, periodEndMs + COUNTER_GRACE_MS - nowMs) });

@@ -13,7 +13,7 @@ KEYS[2 .. 1+m]  usage_pending:<tenant>:<endpoint>:<YYYY-MM>, one per endpoint fi
 
 ARGV[1]         TTL, ms (period end + grace - now, at least 1)
 ARGV[2]         `__total__`
-ARGV[3 .. 2+m]  the endpoint counts, in the order of ARGV[3+m .. 2+2m]
+ARGV[3 .. 2+m]  the endpoint counts, in the order of ARGV[3+m .. 2+2m] (a count of 0 writes no field)
 ARGV[3+m ..]    the endpoint fields, `op:<endpoint>`
 
 Reply: 1 restored, 0 the hash already existed (nothing changed)
@@ -23,7 +23,8 @@ if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local m = #KEYS - 1
 redis.call('HSET', KEYS[1], '__total__', ARGV[2])
 for i = 1, m do
-  redis.call('HSET', KEYS[1], ARGV[2 + m + i], ARGV[2 + i])
+  -- A zero is left out, as in a period nobody used yet; its lost reservations are dropped all the same.
+  if ARGV[2 + i] ~= '0' then redis.call('HSET', KEYS[1], ARGV[2 + m + i], ARGV[2 + i]) end
   redis.call('DEL', KEYS[1 + i])
 end
 redis.call('PEXPIRE', KEYS[1], ARGV[1])

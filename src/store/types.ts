@@ -147,9 +147,10 @@ export interface CounterStore {
    */
   settledUsage(tenantId: string, period: string, nowMs: number): Promise<SettledUsage>;
   /**
-   * Creates a period's usage hash with the given counts, only if it does not exist (atomically), expiring a
-   * grace time after `periodEndMs`; also drops the pending sets of the endpoints given, whose reservations
-   * were lost with the old hash. Returns false, changing nothing, when the hash already exists.
+   * Creates a period's usage hash with the given counts (`__total__` always, endpoints only when not zero),
+   * only if it does not exist (atomically), expiring a grace time after `periodEndMs`; also drops the pending
+   * sets of the endpoints given, whose reservations were lost with the old hash. Returns false, changing
+   * nothing, when the hash already exists.
    */
   restoreUsage(tenantId: string, period: string, usage: PeriodUsage, periodEndMs: number, nowMs: number): Promise<boolean>;
   /** Throws when the backend is unreachable. */

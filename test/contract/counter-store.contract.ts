@@ -458,9 +458,14 @@ export function counterStoreContract(name: string, makeHarness: () => Promise<Co
 
       it('forgets reservations lost with the old hash, so they cannot take a unit off the rebuilt count', async () => {
         await store.checkAndReserve(meteredRequest('t1', {}, NOW, 'lost'));
+        await store.checkAndReserve(meteredRequest('t1', { endpoint: '/extract' }, NOW, 'lost-too'));
         await h.deleteUsage('t1', PERIOD);
-        expect(await store.restoreUsage('t1', PERIOD, { total: 5, endpoints: { '/verify': 5 } }, PERIOD_END, NOW)).toBe(true);
-        expect(await store.settle([settleEntry('t1', 'lost', true)], NOW + 1)).toEqual(['unknown']);
+        const rebuilt = { total: 5, endpoints: { '/verify': 5, '/extract': 0 } };
+        expect(await store.restoreUsage('t1', PERIOD, rebuilt, PERIOD_END, NOW)).toBe(true);
+        expect(
+          await store.settle([settleEntry('t1', 'lost', true), settleEntry('t1', 'lost-too', true, '/extract')], NOW + 1),
+        ).toEqual(['unknown', 'unknown']);
+        // A zero is not written, as in a period nobody has used yet.
         expect(await store.usage('t1', PERIOD)).toEqual({ total: 5, endpoints: { '/verify': 5 } });
       });
 

@@ -36,6 +36,11 @@ const EXPECTED: Record<string, string[]> = {
   ],
   'alert-thresholds-not-list.yaml': [': tiers[0].alertThresholds: must be a list'],
   'failure-policy-invalid.yaml': [': tiers[0].failurePolicy: must be "allow" or "deny"'],
+  'stripe-prices-not-list.yaml': [': tiers[0].stripePrices: must be a list'],
+  'stripe-price-invalid.yaml': [
+    ': tiers[0].stripePrices[0]: must be a Stripe price lookup key or price id: 1-200 printable characters without spaces',
+  ],
+  'stripe-price-duplicate.yaml': [': tiers[1].stripePrices[1]: Stripe price "pro_monthly" already maps to tiers[0].stripePrices[0]'],
   'duplicate-tier-id.yaml': [': tiers[1].id: duplicate tier id "free" (first at tiers[0])'],
   'tenant-tier-missing.yaml': [': tenants[0].tier: is required'],
   'tenant-status-invalid.yaml': [': tenants[0].status: must be "active" or "suspended"'],
@@ -167,6 +172,11 @@ describe('parseApplyFile: valid files', () => {
       alertThresholds: [0.5, 0.9, 1],
       failurePolicy: 'deny',
     });
+  });
+
+  it('reads the Stripe prices of a tier, without duplicates; omitted, they are not managed by the file', () => {
+    const doc = parseOk('tiers:\n  - id: pro\n    stripePrices: [pro_monthly, price_1PRO, pro_monthly]\n  - id: free\n');
+    expect(doc.tiers.map((t) => t.stripePrices)).toEqual([['pro_monthly', 'price_1PRO'], undefined]);
   });
 
   it('accepts key items as mappings and leaves omitted optional fields undefined', () => {

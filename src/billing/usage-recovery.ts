@@ -1,0 +1,134 @@
+// Rebuilds a period's counters that Redis no longer has (flush, restart without persistence, failover to an
+// empty replica) before the Check enforces on them again. The Check's script reports the hash missing
+// instead of starting from zero; this rebuilds it from what billing recorded and opens it once:
+//   - Postgres: per endpoint, reported units plus the batch in flight (it will be delivered);
+//   - Stripe's meter event summaries for the period, when the tenant has a customer and Postgres could be
+//     behind Stripe (it has rows for the period, or the period is older than one reporting cycle): a meter
+//     that only one endpoint feeds raises that endpoint to Stripe's figure; a shared meter (one event name,
+//     endpoint in the payload) can only say how much in all, so its excess goes to `__total__` only.
+// A brand-new period finds nothing and opens at zero, with one Postgres query and no Stripe call.
+// What had settled in Redis but was not reported yet (at most one reporting interval) is lost with it.
+import type { Period } from '../core/period.js';
+import type { ResolvedKey } from '../core/types.js';
+import type { AppDatabase } from '../db/client.js';
+import type { Logger } from '../logger.js';
+import type { CounterStore } from '../store/types.js';
+import { describeStripeError, type MeterSummaries } from './stripe-client.js';
+import { reportedUsage } from './usage-reports.js';
+
+export interface UsageRecoveryDeps {
+  readonly db: AppDatabase;
+  readonly store: CounterStore;
+  /** Null when Stripe is not configured. */
+  readonly summaries: MeterSummaries | null;
+  readonly eventName: (endpoint: string) => string;
+  readonly now: () => number;
+  readonly logger: Logger;
+  /** Reporting interval plus settlement window: how long after a period starts its first report may exist. */
+  readonly reportCycleMs: number;
+}
+
+export interface RebuiltUsage {
+  readonly total: number;
+  readonly endpoints: Readonly<Record<string, number>>;
+  readonly fromPostgres: number;
+  /** Stripe's total over the meters asked, or null when it was not asked (or could not answer). */
+  readonly fromStripe: number | null;
+}
+
+export type RecoverUsage = (key: ResolvedKey, period: Period) => Promise<void>;
+
+/** Combines Postgres's per-endpoint figures with Stripe's per-meter totals (pure). */
+export function combineUsage(
+  postgres: ReadonlyMap<string, number>,
+  endpoints: readonly string[],
+  stripeByEvent: ReadonlyMap<string, number> | null,
+  eventName: (endpoint: string) => string,
+): { total: number; endpoints: Record<string, number> } {
+  const out: Record<string, number> = {};
+  for (const e of endpoints) out[e] = postgres.get(e) ?? 0;
+  let extra = 0;
+  if (stripeByEvent !== null) {
+    const feeders = new Map<string, string[]>();
+    for (const e of endpoints) feeders.set(eventName(e), [...(feeders.get(eventName(e)) ?? []), e]);
+    for (const [event, stripeTotal] of stripeByEvent) {
+      const fed = feeders.get(event) ?? [];
+      const ours = fed.reduce((n, e) => n + (out[e] ?? 0), 0);
+      if (stripeTotal <= ours) continue;
+      if (fed.length === 1) out[fed[0] as string] = stripeTotal;
+      else extra += stripeTotal - ours;
+    }
+  }
+  const total = Object.values(out).reduce((a, b) => a + b, 0) + extra;
+  return { total, endpoints: out };
+}
+
+const minuteFloor = (ms: number) => Math.floor(ms / 60_000) * 60;
+const minuteCeil = (ms: number) => Math.ceil(ms / 60_000) * 60;
+
+export function createUsageRecovery(deps: UsageRecoveryDeps): RecoverUsage {
+  // One rebuild per tenant and period at a time in this process; other replicas may rebuild too, and the
+  // store's conditional restore keeps the first.
+  const inFlight = new Map<string, Promise<void>>();
+
+  async function rebuild(key: ResolvedKey, period: Period): Promise<void> {
+    const { db, store, summaries, logger, now } = deps;
+    const tenantId = key.tenant.id;
+    const postgres = await reportedUsage(db, tenantId, period.label);
+    const endpoints = [...new Set([...Object.keys(key.tier.monthlyQuota.endpoints), ...postgres.keys()])];
+    const customer = key.tenant.stripeCustomerId;
+    const askStripe =
+      summaries !== null && customer !== null && (postgres.size > 0 || now() - period.startMs > deps.reportCycleMs);
+
+    let stripeByEvent: Map<string, number> | null = null;
+    if (askStripe && customer !== null && summaries !== null) {
+      try {
+        stripeByEvent = new Map();
+        const startS = minuteFloor(period.startMs);
+        const endS = Math.max(startS + 60, minuteCeil(Math.min(period.endMs, now())));
+        for (const event of new Set(endpoints.map(deps.eventName))) {
+          const total = await summaries.total(event, customer, startS, endS);
+          if (total !== null) stripeByEvent.set(event, total);
+        }
+      } catch (err) {
+        stripeByEvent = null;
+        logger.warn(
+          { event: 'usage.rebuild_stripe_unavailable', tenantId, period: period.label, err: describeStripeError(err) },
+          'Stripe meter summaries unavailable; rebuilding from Postgres only',
+        );
+      }
+    }
+
+    const combined = combineUsage(postgres, endpoints, stripeByEvent, deps.eventName);
+    const restored = await store.restoreUsage(tenantId, period.label, combined, period.endMs, now());
+    const fromPostgres = [...postgres.values()].reduce((a, b) => a + b, 0);
+    const fromStripe = stripeByEvent === null ? null : [...stripeByEvent.values()].reduce((a, b) => a + b, 0);
+    if (!restored) return; // someone else rebuilt it first
+    if (postgres.size > 0 || (fromStripe ?? 0) > 0) {
+      logger.warn(
+        {
+          event: 'usage.rebuilt',
+          tenantId,
+          period: period.label,
+          units: combined.total,
+          endpoints: combined.endpoints,
+          fromPostgres,
+          fromStripe,
+        },
+        'usage counters were missing from Redis and have been rebuilt',
+      );
+    } else {
+      logger.debug({ event: 'usage.period_opened', tenantId, period: period.label }, 'usage period opened at zero');
+    }
+  }
+
+  return (key, period) => {
+    const id = `${key.tenant.id}\u0000${period.label}`;
+    let p = inFlight.get(id);
+    if (p === undefined) {
+      p = rebuild(key, period).finally(() => inFlight.delete(id));
+      inFlight.set(id, p);
+    }
+    return p;
+  };
+}

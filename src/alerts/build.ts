@@ -63,13 +63,7 @@ export function buildAlerts(
   });
   return {
     alerts,
-    close: async () => {
-      if (redis === null) return;
-      try {
-        await redis.quit();
-      } catch {
-        redis.disconnect();
-      }
-    },
+    // No QUIT: its last flush has run (AlertService.stop), and a hung Redis must not hold up the exit.
+    close: async () => redis?.disconnect(),
   };
 }

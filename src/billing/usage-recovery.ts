@@ -2,11 +2,14 @@
 // empty replica) before the Check enforces on them again. The Check's script reports the hash missing
 // instead of starting from zero; this rebuilds it from what billing recorded and opens it once:
 //   - Postgres: per endpoint, reported units plus the batch in flight (it will be delivered);
-//   - Stripe's meter event summaries for the period, when the tenant has a customer and Postgres could be
-//     behind Stripe (it has rows for the period, or the period is older than one reporting cycle): a meter
-//     that only one endpoint feeds raises that endpoint to Stripe's figure; a shared meter (one event name,
-//     endpoint in the payload) can only say how much in all, so its excess goes to `__total__` only.
-// A brand-new period finds nothing and opens at zero, with one Postgres query and no Stripe call.
+//   - Stripe's meter event summaries for the period, when the tenant has a customer and Postgres has rows
+//     for the period (so counters existed and were lost, rather than never used): a meter that only one
+//     endpoint feeds raises that endpoint to Stripe's figure; a shared meter (one event name, endpoint in
+//     the payload) can only say how much in all, so its excess goes to `__total__` only.
+// When Stripe's figure wins for an endpoint, usage_reports is raised to it first, so the reporter does not
+// send those units again. A brand-new period (the first metered Check of a tenant in a period) finds no
+// rows and opens at zero: one Postgres query, never a Stripe call on the hot path. (Were Postgres to have
+// lost its rows as well as Redis its counters, that usage would be lost.)
 // What had settled in Redis but was not reported yet (at most one reporting interval) is lost with it.
 import type { Period } from '../core/period.js';
 import type { ResolvedKey } from '../core/types.js';
@@ -14,7 +17,7 @@ import type { AppDatabase } from '../db/client.js';
 import type { Logger } from '../logger.js';
 import type { CounterStore } from '../store/types.js';
 import { describeStripeError, type MeterSummaries } from './stripe-client.js';
-import { reportedUsage } from './usage-reports.js';
+import { raiseReported, reportedUsage } from './usage-reports.js';
 
 export interface UsageRecoveryDeps {
   readonly db: AppDatabase;
@@ -24,8 +27,6 @@ export interface UsageRecoveryDeps {
   readonly eventName: (endpoint: string) => string;
   readonly now: () => number;
   readonly logger: Logger;
-  /** Reporting interval plus settlement window: how long after a period starts its first report may exist. */
-  readonly reportCycleMs: number;
 }
 
 export interface RebuiltUsage {
@@ -38,14 +39,22 @@ export interface RebuiltUsage {
 
 export type RecoverUsage = (key: ResolvedKey, period: Period) => Promise<void>;
 
+export interface CombinedUsage {
+  readonly total: number;
+  readonly endpoints: Record<string, number>;
+  /** Endpoints that Stripe's figure raised above Postgres's (their meter is theirs alone). */
+  readonly raisedByStripe: Record<string, number>;
+}
+
 /** Combines Postgres's per-endpoint figures with Stripe's per-meter totals (pure). */
 export function combineUsage(
   postgres: ReadonlyMap<string, number>,
   endpoints: readonly string[],
   stripeByEvent: ReadonlyMap<string, number> | null,
   eventName: (endpoint: string) => string,
-): { total: number; endpoints: Record<string, number> } {
+): CombinedUsage {
   const out: Record<string, number> = {};
+  const raisedByStripe: Record<string, number> = {};
   for (const e of endpoints) out[e] = postgres.get(e) ?? 0;
   let extra = 0;
   if (stripeByEvent !== null) {
@@ -55,12 +64,16 @@ export function combineUsage(
       const fed = feeders.get(event) ?? [];
       const ours = fed.reduce((n, e) => n + (out[e] ?? 0), 0);
       if (stripeTotal <= ours) continue;
-      if (fed.length === 1) out[fed[0] as string] = stripeTotal;
-      else extra += stripeTotal - ours;
+      if (fed.length === 1) {
+        out[fed[0] as string] = stripeTotal;
+        raisedByStripe[fed[0] as string] = stripeTotal;
+      } else {
+        extra += stripeTotal - ours;
+      }
     }
   }
   const total = Object.values(out).reduce((a, b) => a + b, 0) + extra;
-  return { total, endpoints: out };
+  return { total, endpoints: out, raisedByStripe };
 }
 
 const minuteFloor = (ms: number) => Math.floor(ms / 60_000) * 60;
@@ -77,8 +90,7 @@ export function createUsageRecovery(deps: UsageRecoveryDeps): RecoverUsage {
     const postgres = await reportedUsage(db, tenantId, period.label);
     const endpoints = [...new Set([...Object.keys(key.tier.monthlyQuota.endpoints), ...postgres.keys()])];
     const customer = key.tenant.stripeCustomerId;
-    const askStripe =
-      summaries !== null && customer !== null && (postgres.size > 0 || now() - period.startMs > deps.reportCycleMs);
+    const askStripe = summaries !== null && customer !== null && postgres.size > 0;
 
     let stripeByEvent: Map<string, number> | null = null;
     if (askStripe && customer !== null && summaries !== null) {
@@ -100,6 +112,10 @@ export function createUsageRecovery(deps: UsageRecoveryDeps): RecoverUsage {
     }
 
     const combined = combineUsage(postgres, endpoints, stripeByEvent, deps.eventName);
+    // Before the counters exist again: once they do, the reporter would send these units a second time.
+    for (const [endpoint, units] of Object.entries(combined.raisedByStripe)) {
+      await raiseReported(db, { tenantId, endpoint, period: period.label }, units);
+    }
     const restored = await store.restoreUsage(tenantId, period.label, combined, period.endMs, now());
     const fromPostgres = [...postgres.values()].reduce((a, b) => a + b, 0);
     const fromStripe = stripeByEvent === null ? null : [...stripeByEvent.values()].reduce((a, b) => a + b, 0);
@@ -114,6 +130,7 @@ export function createUsageRecovery(deps: UsageRecoveryDeps): RecoverUsage {
           endpoints: combined.endpoints,
           fromPostgres,
           fromStripe,
+          raisedByStripe: combined.raisedByStripe,
         },
         'usage counters were missing from Redis and have been rebuilt',
       );

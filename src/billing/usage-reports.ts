@@ -145,3 +145,25 @@ export async function reportedUsage(db: AppDatabase, tenantId: string, period: s
   for (const r of await rowsFor(db, tenantId, period)) out.set(r.endpoint, r.reportedUnits + (r.pending?.units ?? 0));
   return out;
 }
+
+/**
+ * After a rebuild found Stripe holding more for an endpoint than Postgres recorded (Postgres lost progress),
+ * raises reported_units to Stripe's figure, so those units are not reported again. Only when no batch is in
+ * flight (its fate decides the figure) and only upwards.
+ */
+export async function raiseReported(
+  db: AppDatabase,
+  key: { tenantId: string; endpoint: string; period: string },
+  units: number,
+): Promise<boolean> {
+  const rows = await db
+    .insert(usageReports)
+    .values({ ...key, reportedUnits: units })
+    .onConflictDoUpdate({
+      target: [usageReports.tenantId, usageReports.endpoint, usageReports.period],
+      set: { reportedUnits: units, updatedAt: sql`now()` },
+      setWhere: sql`${usageReports.pendingIdentifier} IS NULL AND ${usageReports.reportedUnits} < ${units}`,
+    })
+    .returning({ tenantId: usageReports.tenantId });
+  return rows.length === 1;
+}

@@ -81,7 +81,6 @@ export function createUsageBilling(deps: UsageBillingDeps): UsageBilling {
     eventName,
     now,
     logger,
-    reportCycleMs: config.usageReportIntervalMs + config.settlementWindowMs,
   });
   const routes = stripeWebhookRoute({
     db: database.db,

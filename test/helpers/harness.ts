@@ -36,6 +36,8 @@ export async function startHarness(o: {
   store?: CounterStore;
   /** More AppOptions (telemetry, alert timings, a webhook POST stand-in). */
   app?: Omit<AppOptions, 'logger' | 'now' | 'store'>;
+  /** Run on the wall clock instead of `clock` (tests with other processes that cannot share a pinned one). */
+  realClock?: boolean;
 }): Promise<Harness> {
   const config = loadConfig({
     GRPC_HOST: '127.0.0.1',
@@ -52,7 +54,7 @@ export async function startHarness(o: {
   const clock = { now: o.nowMs };
   const app = await startApp(config, {
     logger: createLogger(config.logLevel, logs),
-    now: () => clock.now,
+    now: o.realClock ? () => Date.now() : () => clock.now,
     ...(o.store ? { store: o.store } : {}),
     ...o.app,
   });

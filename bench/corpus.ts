@@ -4,23 +4,12 @@
 import { stringify } from 'yaml';
 import { authorizationService } from '../src/grpc/protos.js';
 import { buildCheckRequest } from '../src/cli/check-command.js';
+import { seededRandom as prng } from '../test/helpers/prng.js';
 
 export interface Population {
   readonly yaml: string;
   readonly keys: readonly string[][]; // keys[tenantIndex] = its API keys
   readonly tierOf: readonly string[];
-}
-
-/** mulberry32: small, fast, deterministic. */
-export function prng(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 export function population(tenants: number, seed = 42): Population {

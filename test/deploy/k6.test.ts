@@ -12,6 +12,7 @@ import { beforeAll, describe, expect, it } from 'vitest';
 import { parseApplyFile } from '../../src/admin/apply-schema.js';
 import { EnvoyProtoValidator, formatProblems, PROTO_DEPS_ROOT } from './support/envoy-proto.js';
 import { readYaml, repoPath, type Obj } from './support/repo.js';
+import { seededRandom } from '../helpers/prng.js';
 
 const require = createRequire(import.meta.url);
 
@@ -138,6 +139,9 @@ function loadScript(rel: string, env: Record<string, string> = {}): LoadedScript
     return modules[name];
   };
   const context = vm.createContext({ module, exports: module.exports, require: k6Require, __ENV: env, __VU: 1, __ITER: 0, console });
+  // The scripts pick tenants and branches with Math.random; a seeded generator makes every run of these
+  // tests see the same requests, so a rare branch cannot be missed by chance.
+  (vm.runInContext('Math', context) as { random: () => number }).random = seededRandom(20261123);
   new vm.Script(transpile(rel), { filename: rel }).runInContext(context, { timeout: 5000 });
   return {
     sandbox,

@@ -1,4 +1,4 @@
-import { SpanKind, SpanStatusCode, type Attributes, type Tracer } from '@opentelemetry/api';
+import { context, SpanKind, SpanStatusCode, trace, TraceFlags, type Attributes, type Tracer } from '@opentelemetry/api';
 import type { Decision } from '../core/decide.js';
 import type { CheckInput } from '../core/request.js';
 
@@ -23,8 +23,12 @@ export type CheckRunner = (input: CheckInput, run: () => Promise<Decision>) => P
 
 /** Wraps each Check in a span carrying the decision; CheckService calls it only when tracing is on. */
 export function checkSpans(tracer: Tracer): CheckRunner {
-  return (input, run) =>
-    tracer.startActiveSpan(
+  return (input, run) => {
+    // Under a gRPC server span that was not sampled, a child span would not be either: skip even creating
+    // it (a non-recording span still costs a few microseconds, and most Checks are not sampled).
+    const parent = trace.getSpan(context.active());
+    if (parent !== undefined && (parent.spanContext().traceFlags & TraceFlags.SAMPLED) === 0) return run();
+    return tracer.startActiveSpan(
       CHECK_SPAN_NAME,
       {
         kind: SpanKind.INTERNAL,
@@ -66,4 +70,5 @@ export function checkSpans(tracer: Tracer): CheckRunner {
         }
       },
     );
+  };
 }

@@ -1,7 +1,8 @@
 // Telemetry in-process: a span per Check (asserted with an in-memory exporter) and /metrics scraped and
 // parsed, including what a Redis failure looks like in both.
 import { InMemorySpanExporter } from '@opentelemetry/sdk-trace-base';
-import { SpanStatusCode } from '@opentelemetry/api';
+import { context, SpanStatusCode, trace, TraceFlags } from '@opentelemetry/api';
+import { AsyncLocalStorageContextManager } from '@opentelemetry/context-async-hooks';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import path from 'node:path';
 import { createMemoryStore } from '../../src/store/memory-store.js';
@@ -163,5 +164,23 @@ describe.skipIf(!services)('telemetry', () => {
     const m = parsePrometheus(await scrape());
     expect(m.value('usage_limiter_billing_backlog')).toBe(1);
     expect(m.value('usage_limiter_alert_backlog')).toBe(1);
+  });
+
+  it('makes no span under a gRPC span that was not sampled, and a child span under one that was', async () => {
+    context.setGlobalContextManager(new AsyncLocalStorageContextManager().enable());
+    try {
+      const parent = (flags: TraceFlags) =>
+        trace.setSpan(context.active(), trace.wrapSpanContext({ traceId: '4bf92f3577b34da6a3ce929d0e0e4736', spanId: '00f067aa0ba902b7', traceFlags: flags }));
+      const input = { method: 'POST', path: '/other', key: { kind: 'present', key: LENIENT_KEY, header: 'x-api-key' }, requestId: 'rid-parent' } as const;
+      spans.reset();
+      await context.with(parent(TraceFlags.NONE), () => h.app.checkService.check(input));
+      expect(spans.getFinishedSpans()).toHaveLength(0);
+      await context.with(parent(TraceFlags.SAMPLED), () => h.app.checkService.check(input));
+      const [child] = spans.getFinishedSpans();
+      expect(child?.spanContext().traceId).toBe('4bf92f3577b34da6a3ce929d0e0e4736');
+      expect(child?.parentSpanContext?.spanId).toBe('00f067aa0ba902b7');
+    } finally {
+      context.disable();
+    }
   });
 });

@@ -140,7 +140,8 @@ export async function main(argv: string[]): Promise<number> {
         return await check(rest);
       case 'report':
         return await report(rest);
-      case 'keys': {
+      case 'keys':
+      case 'alerts': {
         const config = loadConfig();
         const logger = createLogger(config.logLevel);
         const openDb = async () => {
@@ -149,13 +150,10 @@ export async function main(argv: string[]): Promise<number> {
           return db;
         };
         const io = { out: (t: string) => process.stdout.write(`${t}\n`), err: (t: string) => process.stderr.write(`${t}\n`) };
-        return await keysCommand(rest, openDb, io);
+        return command === 'keys'
+          ? await keysCommand(rest, openDb, io)
+          : await alertsCommand(rest, config.alertWebhookSecret, openDb, io);
       }
-      case 'alerts':
-        return alertsCommand(rest, loadConfig().alertWebhookSecret, {
-          out: (t) => process.stdout.write(`${t}\n`),
-          err: (t) => process.stderr.write(`${t}\n`),
-        });
       case 'help':
       case '--help':
       case '-h':

@@ -3,7 +3,9 @@
 // it); everything a person reads goes to stderr.
 import { parseArgs } from 'node:util';
 import { tenantWebhookSecret } from '../alerts/webhook.js';
+import { eq } from 'drizzle-orm';
 import type { DatabaseHandle } from '../db/client.js';
+import { tenants } from '../db/schema.js';
 import { AppError } from '../errors.js';
 import { createKey, listKeys, parseDuration, parseInstant, revokeKey, rotateKey, type KeyInfo } from '../keys/key-admin.js';
 
@@ -15,7 +17,9 @@ export const KEYS_USAGE = `  keys create --tenant T [--name N] [--expires ISO]
                              revoke now (every replica stops accepting it within about a second)
   keys rotate <prefix|id> [--grace 24h] [--expires ISO] [--tenant T]
                              issue a replacement; the old key stays valid for the grace period
-  alerts secret --tenant T   the secret a tenant's own alert webhook verifies signatures with`;
+  alerts secret --tenant T   the secret a tenant's own alert webhook verifies signatures with
+  alerts webhook --tenant T (--url URL | --clear)
+                             where a tenant's own alerts are POSTed (besides ALERT_WEBHOOK_URL)`;
 
 export interface KeysIo {
   readonly out: (text: string) => void;
@@ -111,12 +115,46 @@ export async function keysCommand(args: readonly string[], openDb: () => Promise
   }
 }
 
-/** `alerts secret --tenant T`: derived from ALERT_WEBHOOK_SECRET, so nothing is stored. */
-export function alertsCommand(args: readonly string[], globalSecret: string | undefined, io: KeysIo): number {
+/**
+ * `alerts secret --tenant T`: derived from ALERT_WEBHOOK_SECRET, so nothing is stored.
+ * `alerts webhook --tenant T --url U | --clear`: the tenant's own webhook (tenants.alert_webhook_url).
+ */
+export async function alertsCommand(
+  args: readonly string[],
+  globalSecret: string | undefined,
+  openDb: () => Promise<DatabaseHandle>,
+  io: KeysIo,
+): Promise<number> {
   const [sub, ...rest] = args;
-  const { values } = parseArgs({ args: rest as string[], options: { tenant: { type: 'string' } }, strict: true });
-  if (sub !== 'secret') throw new AppError('BAD_REQUEST', `unknown alerts command "${sub ?? ''}"; one of: secret`);
-  if (!globalSecret) throw new AppError('BAD_REQUEST', 'ALERT_WEBHOOK_SECRET is not set: alerts are not signed or sent');
-  io.out(tenantWebhookSecret(globalSecret, required(values.tenant, '--tenant')));
+  const { values } = parseArgs({
+    args: rest as string[],
+    options: { tenant: { type: 'string' }, url: { type: 'string' }, clear: { type: 'boolean', default: false } },
+    strict: true,
+  });
+  const tenantId = required(values.tenant, '--tenant');
+  if (sub === 'secret') {
+    if (!globalSecret) throw new AppError('BAD_REQUEST', 'ALERT_WEBHOOK_SECRET is not set: alerts are not signed or sent');
+    io.out(tenantWebhookSecret(globalSecret, tenantId));
+    return 0;
+  }
+  if (sub !== 'webhook') throw new AppError('BAD_REQUEST', `unknown alerts command "${sub ?? ''}"; one of: secret, webhook`);
+  if ((values.url === undefined) === (values.clear !== true)) throw new AppError('BAD_REQUEST', 'give either --url URL or --clear');
+  let url: string | null = null;
+  if (values.url !== undefined) {
+    const parsed = URL.canParse(values.url) ? new URL(values.url) : null;
+    if (parsed === null || (parsed.protocol !== 'https:' && parsed.protocol !== 'http:')) {
+      throw new AppError('BAD_REQUEST', '--url must be an http:// or https:// URL');
+    }
+    url = parsed.toString();
+  }
+  const db = await openDb();
+  try {
+    const updated = await db.db.update(tenants).set({ alertWebhookUrl: url }).where(eq(tenants.id, tenantId)).returning({ id: tenants.id });
+    if (updated.length === 0) throw new AppError('NotFound', `tenant "${tenantId}" does not exist`);
+  } finally {
+    await db.close();
+  }
+  io.err(url === null ? `Tenant ${tenantId} has no alert webhook of its own now.` : `Alerts of tenant ${tenantId} now also go to ${url}.`);
+  if (url !== null && !globalSecret) io.err('Note: ALERT_WEBHOOK_SECRET is not set, so no webhook is sent until it is.');
   return 0;
 }

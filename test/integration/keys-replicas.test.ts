@@ -4,6 +4,7 @@
 import path from 'node:path';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { tenantWebhookSecret } from '../../src/alerts/webhook.js';
 import { hashApiKey } from '../../src/core/api-key.js';
 import { checker, cli, startServerProcess, type Checker, type ServerProcess } from '../helpers/server-process.js';
 import { createTestDatabase, hasPostgres } from '../helpers/services.js';
@@ -105,11 +106,28 @@ describe.skipIf(!services)('keys CLI with two replicas', () => {
     await until('the key to expire', async () => (await statusOnBoth(key)).every((s) => s === 401), 4_000);
   });
 
+  it('alerts webhook sets a tenant\'s own webhook; alerts secret prints the secret it verifies with', async () => {
+    const sql = postgres(db.url, { max: 1 });
+    const url = async () => (await sql`select alert_webhook_url from tenants where id = 'tenant_strict'`)[0]?.alert_webhook_url as string | null;
+    try {
+      await cli(['alerts', 'webhook', '--tenant', 'tenant_strict', '--url', 'https://hooks.example/strict'], env);
+      expect(await url()).toBe('https://hooks.example/strict');
+      const secret = (await cli(['alerts', 'secret', '--tenant', 'tenant_strict'], { ...env, ALERT_WEBHOOK_SECRET: 'whsec_cli' })).stdout.trim();
+      expect(secret).toBe(tenantWebhookSecret('whsec_cli', 'tenant_strict'));
+      await cli(['alerts', 'webhook', '--tenant', 'tenant_strict', '--clear'], env);
+      expect(await url()).toBeNull();
+    } finally {
+      await sql.end();
+    }
+  });
+
   it('says what is wrong, and changes nothing, on bad input', async () => {
     const fail = (args: string[]) => cli(args, env).then(() => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => e);
     expect(await fail(['keys', 'create', '--tenant', 'tenant_nobody'])).toMatchObject({ code: 1, stderr: expect.stringContaining('tenant "tenant_nobody" does not exist') });
     expect(await fail(['keys', 'revoke', 'ul_live_NOPE0000'])).toMatchObject({ code: 1, stderr: expect.stringContaining('no key matches') });
     expect(await fail(['keys', 'create', '--tenant', 'tenant_strict', '--expires', '2020-01-01'])).toMatchObject({ code: 1, stderr: expect.stringContaining('ISO 8601') });
     expect(await fail(['keys', 'rotate', issued[1]!.slice(0, 16)])).toMatchObject({ code: 1, stderr: expect.stringContaining('is revoked') });
+    expect(await fail(['alerts', 'webhook', '--tenant', 'tenant_strict', '--url', 'ftp://x'])).toMatchObject({ code: 1, stderr: expect.stringContaining('http:// or https://') });
+    expect(await fail(['alerts', 'secret', '--tenant', 'tenant_strict'])).toMatchObject({ code: 1, stderr: expect.stringContaining('ALERT_WEBHOOK_SECRET is not set') });
   });
 });

@@ -3,8 +3,8 @@
 // processed in order, one message at a time, with the stream paused meanwhile, so a burst of log traffic
 // waits in gRPC flow control instead of piling up in memory. Settlement is idempotent per entry (the store
 // refunds a reservation at most once), so Envoy re-sending entries, or two replicas receiving copies of
-// them, refunds nothing twice. When Redis cannot be reached the batch is dropped and logged: reservations
-// then stand, which is what happens without the stream at all.
+// them, refunds nothing twice. When Redis cannot be reached (three tries) the batch is dropped and logged:
+// its reservations then stand, which is what happens without the stream at all.
 import type * as grpc from '@grpc/grpc-js';
 import type { Logger } from '../logger.js';
 import { accessLogService } from '../grpc/protos.js';
@@ -34,6 +34,7 @@ export interface SettlementDeps {
 
 /** Entries settled per store call: one pipelined round trip each. */
 const BATCH = 200;
+const SETTLE_ATTEMPTS = 3;
 
 export class SettlementService {
   readonly stats: SettlementStats = {
@@ -63,7 +64,7 @@ export class SettlementService {
       const batch = requests.slice(i, i + BATCH);
       let outcomes: SettleOutcome[];
       try {
-        outcomes = await this.deps.store.settle(batch, this.deps.now());
+        outcomes = await this.settleWithRetry(batch);
       } catch (err) {
         this.stats.dropped += batch.length;
         this.logFailure(batch.length, err);
@@ -75,6 +76,22 @@ export class SettlementService {
         { event: 'settlement.batch', entries: batch.length, refunded: refunds },
         'access-log entries settled',
       );
+    }
+  }
+
+  /**
+   * The store bounds each call by the Check's short timeout; a blip should not cost refunds, so a batch is
+   * tried again twice. Safe: an attempt that did land before its answer was lost has removed the pending
+   * entries, so the retry finds them `unknown` and gives nothing back twice.
+   */
+  private async settleWithRetry(batch: SettleRequest[]): Promise<SettleOutcome[]> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await this.deps.store.settle(batch, this.deps.now());
+      } catch (err) {
+        if (attempt >= SETTLE_ATTEMPTS) throw err;
+        await new Promise((resolve) => setTimeout(resolve, 50 * attempt));
+      }
     }
   }
 

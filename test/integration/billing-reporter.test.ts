@@ -51,14 +51,14 @@ describe.skipIf(!services)('usage reporter', () => {
       REDIS_KEY_PREFIX: prefix,
       APPLY_ON_START: TENANTS,
       SETTLEMENT_WINDOW_SECONDS: String(WINDOW_MS / 1000),
-      STRIPE_SECRET_KEY: 'sk_test_reporter',
       STRIPE_API_BASE: stripe.url,
       STRIPE_TIMEOUT_MS: '300',
       USAGE_REPORT_INTERVAL_SECONDS: '3600',
     };
+    // The app itself gets no Stripe key, so it runs no reporter: the test's reporter is the only one.
     h = await startHarness({ env, nowMs: T0 });
     // A reporter of the test's own over the app's store and database, with a quick retry schedule.
-    const config = loadConfig({ ...env, GRPC_PORT: '0', HTTP_PORT: '0' });
+    const config = loadConfig({ ...env, STRIPE_SECRET_KEY: 'sk_test_reporter', GRPC_PORT: '0', HTTP_PORT: '0' });
     reporter = reporterFromConfig(
       {
         config,

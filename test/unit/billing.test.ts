@@ -111,3 +111,24 @@ describe('combineUsage', () => {
     expect(combineUsage(new Map([['/a', 3]]), ['/a'], null, () => 'x')).toEqual({ total: 3, endpoints: { '/a': 3 }, raisedByStripe: {} });
   });
 });
+
+describe('README', () => {
+  it('documents every billing and settlement variable in the configuration table', async () => {
+    const { readFileSync } = await import('node:fs');
+    const readme = readFileSync(new URL('../../README.md', import.meta.url), 'utf8');
+    const table = readme.slice(readme.indexOf('## Configuration'), readme.indexOf('## Tiers, tenants and keys'));
+    for (const name of [
+      'STRIPE_SECRET_KEY',
+      'STRIPE_WEBHOOK_SECRET',
+      'STRIPE_API_BASE',
+      'STRIPE_METER_EVENT',
+      'STRIPE_METERS',
+      'STRIPE_TIMEOUT_MS',
+      'STRIPE_CANCELED_TIER',
+      'USAGE_REPORT_INTERVAL_SECONDS',
+      'SETTLEMENT_WINDOW_SECONDS',
+    ]) {
+      expect(table, name).toMatch(new RegExp(`^\\| \`${name}\` \\|`, 'm'));
+    }
+  });
+});

@@ -1,0 +1,127 @@
+// A private Redis Cluster for tests: three masters and three replicas (`redis-server --cluster-enabled yes`
+// on spare ports in a temp folder, joined with `redis-cli --cluster create`), so that tests can run the
+// store contract against a real cluster and trigger a CLUSTER FAILOVER. Never touches the shared Redis.
+import { execFile, spawn, type ChildProcess } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Cluster, Redis } from 'ioredis';
+
+const run = promisify(execFile);
+
+export interface TestCluster {
+  readonly nodes: ReadonlyArray<{ host: string; port: number }>;
+  /** A connected ioredis Cluster client (the test's own). */
+  readonly client: Cluster;
+  /** Promotes the replica of the master that owns `key`'s slot; resolves once the client sees the new master. */
+  failoverFor(key: string): Promise<{ oldMaster: number; newMaster: number }>;
+  stop(): Promise<void>;
+}
+
+export function redisServerAvailable(): Promise<boolean> {
+  return run('redis-server', ['--version']).then(
+    () => true,
+    () => false,
+  );
+}
+
+async function freePorts(n: number): Promise<number[]> {
+  const servers = await Promise.all(
+    Array.from({ length: n }, () => new Promise<net.Server>((resolve) => {
+      const s = net.createServer().listen(0, '127.0.0.1', () => resolve(s));
+    })),
+  );
+  const ports = servers.map((s) => (s.address() as net.AddressInfo).port);
+  await Promise.all(servers.map((s) => new Promise((r) => s.close(r))));
+  return ports;
+}
+
+async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs = 20_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    try {
+      if (await check()) return;
+    } catch {
+      // not yet
+    }
+    if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`);
+    await new Promise((r) => setTimeout(r, 100));
+  }
+}
+
+export async function startTestCluster(): Promise<TestCluster> {
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'ul-cluster-'));
+  const ports = await freePorts(6);
+  const procs: ChildProcess[] = ports.map((port) =>
+    spawn(
+      'redis-server',
+      [
+        '--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes',
+        '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000',
+        '--save', '', '--appendonly', 'no', '--dir', dir,
+      ],
+      { stdio: 'ignore' },
+    ),
+  );
+  const stopAll = async () => {
+    for (const p of procs) if (p.exitCode === null) p.kill('SIGKILL');
+    await new Promise((r) => setTimeout(r, 100));
+    rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    for (const port of ports) {
+      await waitFor(async () => {
+        const r = new Redis({ port, lazyConnect: true, retryStrategy: () => null });
+        r.on('error', () => {});
+        try {
+          await r.connect();
+          return (await r.ping()) === 'PONG';
+        } finally {
+          r.disconnect();
+        }
+      }, `redis-server on ${port}`);
+    }
+    await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes']);
+    const nodes = ports.map((port) => ({ host: '127.0.0.1', port }));
+    const client = new Cluster(nodes, { redisOptions: { connectTimeout: 2000 } });
+    client.on('error', () => {});
+    await waitFor(async () => (await client.cluster('INFO')).includes('cluster_state:ok'), 'cluster_state:ok');
+
+    return {
+      nodes,
+      client,
+      async failoverFor(key: string) {
+        const slot = Number(await client.cluster('KEYSLOT', key));
+        const owner = async (): Promise<number> => {
+          const slots = await client.cluster('SLOTS');
+          const range = slots.find(([from, to]) => slot >= from && slot <= to);
+          const master = range?.[2];
+          if (!master) throw new Error(`no owner for slot ${slot}`);
+          return master[1];
+        };
+        const oldMaster = await owner();
+        // The replica of that master runs the manual failover (a coordinated, lossless switch).
+        const nodesText = (await client.cluster('NODES')) as string;
+        const masterId = nodesText.split('\n').find((l) => l.includes(`:${oldMaster}@`))?.split(' ')[0];
+        const replicaLine = nodesText.split('\n').find((l) => l.includes(`slave ${masterId}`));
+        const replicaPort = Number(/:(\d+)@/.exec(replicaLine ?? '')?.[1]);
+        if (!replicaPort) throw new Error(`no replica found for master on ${oldMaster}`);
+        const replica = new Redis({ port: replicaPort });
+        replica.on('error', () => {});
+        await replica.cluster('FAILOVER');
+        replica.disconnect();
+        await waitFor(async () => (await owner()) === replicaPort, `failover of slot ${slot} to ${replicaPort}`);
+        return { oldMaster, newMaster: replicaPort };
+      },
+      async stop() {
+        client.disconnect();
+        await stopAll();
+      },
+    };
+  } catch (err) {
+    await stopAll();
+    throw err;
+  }
+}

@@ -107,6 +107,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
       now,
       logger,
     });
+    const preloaded = await keyCache.warm();
+    logger.info({ keys: preloaded }, 'key cache preloaded');
     keyCache.start();
     cleanups.push(async () => keyCache.stop());
     if (config.databaseUrl) {

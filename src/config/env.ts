@@ -38,7 +38,9 @@ const schema = z.object({
   MIGRATE_ON_START: bool.default(true),
   CHECK_TIMEOUT_MS: positiveInt.max(60_000).default(100),
   KEY_CACHE_TTL_SECONDS: positiveInt.default(300),
-  KEY_CACHE_NEGATIVE_TTL_SECONDS: positiveInt.default(5),
+  // Long, because any change to keys clears negative entries on every replica within a second anyway
+  // (version poll and NOTIFY); the TTL only bounds how often a flood of one unknown key reaches Postgres.
+  KEY_CACHE_NEGATIVE_TTL_SECONDS: positiveInt.default(60),
   KEY_CACHE_MAX_ENTRIES: positiveInt.default(100_000),
   DIRECTORY_POLL_MS: positiveInt.default(1000),
   STRIPE_SECRET_KEY: optionalString,

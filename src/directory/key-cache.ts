@@ -29,22 +29,35 @@ interface Entry {
 export interface KeyCacheStats {
   hits: number;
   misses: number;
+  /** Keys asked of the directory. */
   loads: number;
+  /** Queries those loads took (batched). */
+  queries: number;
   loadErrors: number;
   refreshes: number;
 }
 
 const REFRESH_CHUNK = 1000;
+/** Keys per load query; a larger burst is split. */
+const LOAD_BATCH = 500;
+
+interface Waiter {
+  resolve(value: ResolvedKey | null): void;
+  reject(err: unknown): void;
+}
 
 export class KeyCache {
   private readonly entries = new Map<string, Entry>();
   private readonly inflight = new Map<string, Promise<ResolvedKey | null>>();
+  private readonly waiting = new Map<string, Waiter>();
+  private batch: string[] = [];
+  private batchScheduled = false;
   private lastVersion: bigint | null = null;
   private timer: NodeJS.Timeout | null = null;
   private polling = false;
   private pollAgain = false;
   private pollFailing = false;
-  readonly stats: KeyCacheStats = { hits: 0, misses: 0, loads: 0, loadErrors: 0, refreshes: 0 };
+  readonly stats: KeyCacheStats = { hits: 0, misses: 0, loads: 0, queries: 0, loadErrors: 0, refreshes: 0 };
 
   constructor(
     private readonly directory: TenantDirectory,
@@ -74,25 +87,65 @@ export class KeyCache {
     return e.value;
   }
 
-  /** Loads one key from the directory (shared by concurrent callers). Rejects when the directory fails. */
+  /**
+   * Loads one key from the directory. Concurrent callers of one key share one promise, and every key missed
+   * in the same event-loop turn goes into one `resolveMany` query: a burst of cold keys (a restart under
+   * traffic, a flood of unknown keys) costs a few queries rather than one per key. Rejects when the
+   * directory fails.
+   */
   load(hash: string): Promise<ResolvedKey | null> {
     const pending = this.inflight.get(hash);
     if (pending !== undefined) return pending;
     this.stats.loads++;
-    const p = this.directory
-      .resolveMany([hash])
-      .then((found) => {
-        const value = found.get(hash) ?? null;
-        this.store(hash, value);
-        return value;
-      })
-      .catch((err: unknown) => {
-        this.stats.loadErrors++;
-        throw err;
-      })
-      .finally(() => this.inflight.delete(hash));
+    const p = new Promise<ResolvedKey | null>((resolve, reject) => this.waiting.set(hash, { resolve, reject }));
     this.inflight.set(hash, p);
+    this.batch.push(hash);
+    if (!this.batchScheduled) {
+      this.batchScheduled = true;
+      setImmediate(() => this.flushBatch());
+    }
     return p;
+  }
+
+  private flushBatch(): void {
+    this.batchScheduled = false;
+    const hashes = this.batch;
+    this.batch = [];
+    for (let i = 0; i < hashes.length; i += LOAD_BATCH) {
+      const chunk = hashes.slice(i, i + LOAD_BATCH);
+      this.stats.queries++;
+      this.directory.resolveMany(chunk).then(
+        (found) => {
+          for (const hash of chunk) {
+            const value = found.get(hash) ?? null;
+            this.store(hash, value);
+            this.settle(hash)?.resolve(value);
+          }
+        },
+        (err: unknown) => {
+          this.stats.loadErrors += chunk.length;
+          for (const hash of chunk) this.settle(hash)?.reject(err);
+        },
+      );
+    }
+  }
+
+  private settle(hash: string): Waiter | undefined {
+    const w = this.waiting.get(hash);
+    this.waiting.delete(hash);
+    this.inflight.delete(hash);
+    return w;
+  }
+
+  /**
+   * Preloads up to `maxEntries` keys (when the directory can list them), so a replica that starts under
+   * traffic answers from memory at once. Returns how many keys were loaded.
+   */
+  async warm(): Promise<number> {
+    if (this.directory.resolveAll === undefined) return 0;
+    const found = await this.directory.resolveAll(this.opts.maxEntries);
+    for (const [hash, value] of found) this.store(hash, value);
+    return found.size;
   }
 
   private store(hash: string, value: ResolvedKey | null): void {

@@ -1,8 +1,8 @@
 // TenantDirectory over the drizzle handle (Postgres or PGlite). Called by the KeyCache off the hot path, so it
 // favours one round trip per batch over anything clever.
-import { eq, inArray } from 'drizzle-orm';
+import { desc, eq, inArray } from 'drizzle-orm';
 import type { DatabaseHandle } from '../db/client.js';
-import { apiKeys, directoryVersion, tenants, tiers, type TenantRow, type TierRow } from '../db/schema.js';
+import { apiKeys, directoryVersion, tenants, tiers, type ApiKeyRow, type TenantRow, type TierRow } from '../db/schema.js';
 import type { ResolvedKey, Tenant, Tier } from '../core/types.js';
 import type { TenantDirectory } from './types.js';
 
@@ -16,29 +16,57 @@ export interface PgDirectoryOptions {
 
 export function createPgDirectory(handle: DatabaseHandle, opts: PgDirectoryOptions = {}): TenantDirectory {
   const { db } = handle;
+  // Keys of one tenant share one Tenant object and tenants of one tier one Tier object, as long as the row
+  // is unchanged (same updated_at): the core derives per-tier data once per Tier object, and 20,000 keys
+  // then cost 20,000 small entries rather than 20,000 copies of their tier.
+  const tierObjects = new Map<string, { stamp: number; tier: Tier }>();
+  const tenantObjects = new Map<string, { stamp: number; tenant: Tenant }>();
+  const internTier = (row: TierRow): Tier => {
+    const stamp = row.updatedAt.getTime();
+    const hit = tierObjects.get(row.id);
+    if (hit !== undefined && hit.stamp === stamp) return hit.tier;
+    const tier = toTier(row);
+    tierObjects.set(row.id, { stamp, tier });
+    return tier;
+  };
+  const internTenant = (row: TenantRow): Tenant => {
+    const stamp = row.updatedAt.getTime();
+    const hit = tenantObjects.get(row.id);
+    if (hit !== undefined && hit.stamp === stamp) return hit.tenant;
+    const tenant = toTenant(row);
+    tenantObjects.set(row.id, { stamp, tenant });
+    return tenant;
+  };
+  const select = () =>
+    db
+      .select({ key: apiKeys, tenant: tenants, tier: tiers })
+      .from(apiKeys)
+      .innerJoin(tenants, eq(apiKeys.tenantId, tenants.id))
+      .innerJoin(tiers, eq(tenants.tierId, tiers.id));
+  const toMap = (rows: Array<{ key: ApiKeyRow; tenant: TenantRow; tier: TierRow }>) => {
+    const out = new Map<string, ResolvedKey>();
+    for (const { key, tenant, tier } of rows) {
+      // Revoked and expired keys are returned as they are: the core judges them against its own clock.
+      out.set(key.keyHash, {
+        keyId: key.id,
+        keyPrefix: key.keyPrefix,
+        expiresAtMs: key.expiresAt?.getTime() ?? null,
+        revokedAtMs: key.revokedAt?.getTime() ?? null,
+        tenant: internTenant(tenant),
+        tier: internTier(tier),
+      });
+    }
+    return out;
+  };
   return {
     async resolveMany(keyHashes) {
-      const out = new Map<string, ResolvedKey>();
       const unique = [...new Set(keyHashes)];
-      if (unique.length === 0) return out;
-      const rows = await db
-        .select({ key: apiKeys, tenant: tenants, tier: tiers })
-        .from(apiKeys)
-        .innerJoin(tenants, eq(apiKeys.tenantId, tenants.id))
-        .innerJoin(tiers, eq(tenants.tierId, tiers.id))
-        .where(inArray(apiKeys.keyHash, unique));
-      for (const { key, tenant, tier } of rows) {
-        // Revoked and expired keys are returned as they are: the core judges them against its own clock.
-        out.set(key.keyHash, {
-          keyId: key.id,
-          keyPrefix: key.keyPrefix,
-          expiresAtMs: key.expiresAt?.getTime() ?? null,
-          revokedAtMs: key.revokedAt?.getTime() ?? null,
-          tenant: toTenant(tenant),
-          tier: toTier(tier),
-        });
-      }
-      return out;
+      if (unique.length === 0) return new Map();
+      return toMap(await select().where(inArray(apiKeys.keyHash, unique)));
+    },
+
+    async resolveAll(limit) {
+      return toMap(await select().orderBy(desc(apiKeys.createdAt)).limit(limit));
     },
 
     async version() {

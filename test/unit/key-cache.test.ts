@@ -112,3 +112,36 @@ describe('KeyCache', () => {
     expect(cache.peek('e')).toBe(A);
   });
 });
+
+describe('KeyCache batching and preload', () => {
+  it('answers a burst of distinct cold keys with one query', async () => {
+    const { dir, cache } = setup();
+    const hashes = Array.from({ length: 50 }, (_, i) => `k${i}`);
+    dir.keys.set('k7', A);
+    const results = await Promise.all(hashes.map((h) => cache.load(h)));
+    expect(dir.calls).toBe(1);
+    expect(cache.stats).toMatchObject({ loads: 50, queries: 1 });
+    expect(results.filter((r) => r !== null)).toEqual([A]);
+  });
+
+  it('rejects every key of a failed batch and leaves none in flight', async () => {
+    const { dir, cache } = setup();
+    dir.failing = true;
+    const results = await Promise.allSettled(['x', 'y'].map((h) => cache.load(h)));
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'rejected']);
+    dir.failing = false;
+    dir.keys.set('x', A);
+    expect(await cache.load('x')).toBe(A);
+  });
+
+  it('preloads keys so that the first request of each is a hit', async () => {
+    const { dir, cache } = setup();
+    dir.keys.set('a', A);
+    dir.keys.set('b', A);
+    const all = dir.resolveMany.bind(dir);
+    (dir as TenantDirectory).resolveAll = (limit) => all([...dir.keys.keys()].slice(0, limit));
+    expect(await cache.warm()).toBe(2);
+    expect(cache.peek('a')).toBe(A);
+    expect(cache.stats.misses).toBe(0);
+  });
+});

@@ -3,7 +3,9 @@
 //
 // Rules, in order:
 //  1. Drop the fragment (`#...`) and the query string (`?...`).
-//  2. Percent-decode once (`%2F` becomes `/`); malformed escapes are kept literally.
+//  2. Percent-decode once (`%2F` becomes `/`); malformed escapes are kept literally, and so are `%25`, `%3F`
+//     and `%23`: decoded, they would read as an escape, a query or a fragment the next time the path is read,
+//     so the result would not be canonical (`/%2576erify` would normalise to `/%76erify`, then to `/verify`).
 //  3. Backslashes count as slashes (some upstream frameworks treat them so).
 //  4. Collapse repeated slashes; resolve `.` and `..` segments (never above the root).
 //  5. Drop a trailing slash (except for `/` itself) and lower-case the result.
@@ -11,20 +13,27 @@
 
 export const MAX_PATH_LENGTH = 8192;
 
+// Escapes that stay encoded: their characters would mean something else on a second reading.
+const KEEP_ENCODED = /(%(?:25|3[fF]|23))/;
+
+function decodeRun(run: string): string {
+  try {
+    return decodeURIComponent(run);
+  } catch {
+    return run;
+  }
+}
+
 function percentDecode(s: string): string {
   if (!s.includes('%')) return s;
-  try {
-    return decodeURIComponent(s);
-  } catch {
-    // Decode the valid escapes one by one and leave broken ones as they are.
-    return s.replace(/(%[0-9a-fA-F]{2})+/g, (run) => {
-      try {
-        return decodeURIComponent(run);
-      } catch {
-        return run;
-      }
-    });
-  }
+  // Each run of escapes is decoded on its own (a broken one stays as it is), around the kept ones; a UTF-8
+  // sequence is always one run, and the kept escapes are ASCII, so splitting there never breaks one.
+  return s.replace(/(%[0-9a-fA-F]{2})+/g, (run) =>
+    run
+      .split(KEEP_ENCODED)
+      .map((part, i) => (i % 2 === 1 ? part : decodeRun(part)))
+      .join(''),
+  );
 }
 
 export function normalizePath(raw: string): string {

@@ -18,6 +18,13 @@ describe('normalizePath', () => {
     ['\\verify', '/verify'],
     ['/bad%zzescape', '/bad%zzescape'],
     ['/mixed%zz%2Fok', '/mixed%zz/ok'],
+    // Decoded once, these would read differently a second time: they stay encoded (canonical, idempotent).
+    ['/%2576erify', '/%2576erify'],
+    ['/verify%3Fx=1', '/verify%3fx=1'],
+    ['/verify%23frag', '/verify%23frag'],
+    ['/%252e%252e/verify', '/%252e%252e/verify'],
+    ['/caf%C3%A9%25', '/café%25'],
+    ['/broken%C3', '/broken%c3'],
     ['', '/'],
     ['/', '/'],
     ['?only=query', '/'],

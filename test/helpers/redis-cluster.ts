@@ -51,6 +51,18 @@ async function waitFor(check: () => Promise<boolean>, what: string, timeoutMs = 
   }
 }
 
+/** Runs `fn` on a short-lived connection to one node (never retried: a node that is not up fails the call). */
+async function onNode<T>(port: number, fn: (r: Redis) => Promise<T>): Promise<T> {
+  const r = new Redis({ port, lazyConnect: true, retryStrategy: () => null });
+  r.on('error', () => {});
+  try {
+    await r.connect();
+    return await fn(r);
+  } finally {
+    r.disconnect();
+  }
+}
+
 export async function startTestCluster(): Promise<TestCluster> {
   const dir = mkdtempSync(path.join(os.tmpdir(), 'ul-cluster-'));
   const ports = await freePorts(6);
@@ -61,6 +73,8 @@ export async function startTestCluster(): Promise<TestCluster> {
         '--port', String(port), '--bind', '127.0.0.1', '--cluster-enabled', 'yes',
         '--cluster-config-file', `nodes-${port}.conf`, '--cluster-node-timeout', '2000',
         '--save', '', '--appendonly', 'no', '--dir', dir,
+        // Redis 7 waits 5 s before a diskless full sync; until a replica has synced, CLUSTER FAILOVER stalls.
+        '--repl-diskless-sync-delay', '0',
       ],
       { stdio: 'ignore' },
     ),
@@ -72,22 +86,25 @@ export async function startTestCluster(): Promise<TestCluster> {
   };
   try {
     for (const port of ports) {
-      await waitFor(async () => {
-        const r = new Redis({ port, lazyConnect: true, retryStrategy: () => null });
-        r.on('error', () => {});
-        try {
-          await r.connect();
-          return (await r.ping()) === 'PONG';
-        } finally {
-          r.disconnect();
-        }
-      }, `redis-server on ${port}`);
+      await waitFor(async () => (await onNode(port, (r) => r.ping())) === 'PONG', `redis-server on ${port}`);
     }
     await run('redis-cli', ['--cluster', 'create', ...ports.map((p) => `127.0.0.1:${p}`), '--cluster-replicas', '1', '--cluster-yes']);
     const nodes = ports.map((port) => ({ host: '127.0.0.1', port }));
     const client = new Cluster(nodes, { redisOptions: { connectTimeout: 2000 } });
     client.on('error', () => {});
     await waitFor(async () => (await client.cluster('INFO')).includes('cluster_state:ok'), 'cluster_state:ok');
+    // A failover needs an in-sync replica: wait until every replica's link to its master is up.
+    await waitFor(async () => {
+      const infos = await Promise.all(ports.map((port) => onNode(port, (r) => r.info('replication'))));
+      const replicas = infos.filter((i) => i.includes('role:slave'));
+      return replicas.length === 3 && replicas.every((i) => i.includes('master_link_status:up'));
+    }, 'replicas in sync');
+    // Masters vote in a failover only for a node they know to be a replica: wait until every node's view of
+    // the cluster has all three pairings (gossip takes a moment after `--cluster create`).
+    await waitFor(async () => {
+      const views = await Promise.all(ports.map((port) => onNode(port, async (r) => String(await r.cluster('NODES')))));
+      return views.every((v) => v.split('\n').filter((l) => /[ ,]slave [0-9a-f]{40} /.test(l)).length === 3);
+    }, 'every node to see the three replicas');
 
     return {
       nodes,
@@ -102,17 +119,27 @@ export async function startTestCluster(): Promise<TestCluster> {
           return master[1];
         };
         const oldMaster = await owner();
-        // The replica of that master runs the manual failover (a coordinated, lossless switch).
-        const nodesText = (await client.cluster('NODES')) as string;
-        const masterId = nodesText.split('\n').find((l) => l.includes(`:${oldMaster}@`))?.split(' ')[0];
-        const replicaLine = nodesText.split('\n').find((l) => l.includes(`slave ${masterId}`));
-        const replicaPort = Number(/:(\d+)@/.exec(replicaLine ?? '')?.[1]);
-        if (!replicaPort) throw new Error(`no replica found for master on ${oldMaster}`);
+        // The replica of that master runs the manual failover (a coordinated, lossless switch). The master
+        // itself names its replica (another node's CLUSTER NODES may not show the pairing yet).
+        const replication = await onNode(oldMaster, (r) => r.info('replication'));
+        const replicaPort = Number(/slave0:[^\r\n]*port=(\d+),state=online/.exec(replication)?.[1]);
+        if (!replicaPort) throw new Error(`no replica in sync found for master on ${oldMaster}`);
         const replica = new Redis({ port: replicaPort });
         replica.on('error', () => {});
-        await replica.cluster('FAILOVER');
-        replica.disconnect();
-        await waitFor(async () => (await owner()) === replicaPort, `failover of slot ${slot} to ${replicaPort}`);
+        try {
+          // A manual failover that cannot finish is abandoned by Redis after 5 s: ask again (three tries).
+          for (let attempt = 1; ; attempt++) {
+            await replica.cluster('FAILOVER');
+            try {
+              await waitFor(async () => (await owner()) === replicaPort, `failover of slot ${slot} to ${replicaPort}`, 6_000);
+              break;
+            } catch (err) {
+              if (attempt === 3) throw err;
+            }
+          }
+        } finally {
+          replica.disconnect();
+        }
         return { oldMaster, newMaster: replicaPort };
       },
       async stop() {

@@ -5,7 +5,7 @@ import type { CheckInput } from '../core/request.js';
 import type { ResolvedKey } from '../core/types.js';
 import type { KeyCache } from '../directory/key-cache.js';
 import type { Logger } from '../logger.js';
-import type { CheckAndReserveResult, CounterStore } from '../store/types.js';
+import type { CheckAndReserveRequest, CheckAndReserveResult, CounterStore } from '../store/types.js';
 import { logEvent } from './events.js';
 
 // Runs one Check: key cache → pure plan → one store call → pure conclusion. Every I/O step is bounded by
@@ -110,6 +110,7 @@ export class CheckService {
     } catch (err) {
       this.stats.storeErrors++;
       this.logFailure('CacheError', err, plan.ctx.tenantId);
+      this.cancelReservation(plan.request);
       return this.emit(storeUnavailable(plan.ctx), startedMs);
     }
   }
@@ -138,6 +139,20 @@ export class CheckService {
     const again = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
     if (again.usageMissing) throw new Error('usage counters still missing after a rebuild');
     return again;
+  }
+
+  /**
+   * The policy answer is unmetered, but a store call that timed out may still run: a hung Redis executes what
+   * was already sent once it wakes up, reserving a unit for a request that was refused or passed as degraded.
+   * Settling the reservation as failed, on the same connection and so behind the script, gives that unit back;
+   * when the script never ran there is nothing pending under the request id, and nothing happens.
+   */
+  private cancelReservation(req: CheckAndReserveRequest): void {
+    const q = req.quota;
+    if (q === null) return;
+    this.deps.store
+      .settle([{ tenantId: req.tenantId, period: q.period, endpoint: q.endpoint, requestId: req.requestId, failed: true }], this.deps.now())
+      .catch(() => {});
   }
 
   // At most one error line per second: an outage must be visible, not flood the log at request rate.

@@ -19,6 +19,7 @@ import { billingBacklog } from './telemetry/backlogs.js';
 import { checkSpans } from './telemetry/check-span.js';
 import { createTelemetry, installedTelemetry, type Telemetry } from './telemetry/telemetry.js';
 import { CheckService } from './service/check-service.js';
+import { DenyMemory } from './service/deny-memory.js';
 import { createMemoryStore } from './store/memory-store.js';
 import { createRedisStore } from './store/redis-store.js';
 import type { CounterStore } from './store/types.js';
@@ -120,7 +121,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
     const store: CounterStore = opts.store ?? buildStore(config, logger);
     if (opts.store === undefined) cleanups.push(() => store.close());
     // Closed after the gRPC drain (its final usage report counts the drained Checks) and before the store.
-    const billing = createUsageBilling({ config, database, store, logger, now });
+    const denyMemory = config.denyMemoryMs > 0 ? new DenyMemory(config.denyMemoryMs) : undefined;
+    const billing = createUsageBilling({ config, database, store, logger, now, onRefund: (t) => denyMemory?.forget(t) });
     cleanups.push(() => billing.stop());
 
     const telemetry = opts.telemetry ?? installedTelemetry() ?? createTelemetry();
@@ -140,6 +142,7 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
       now,
       logger,
       timeoutMs: config.checkTimeoutMs,
+      denyMemory,
       recoverUsage: billing.recoverUsage,
       onDecision: (decision, elapsedMs) => {
         checkMetrics?.record(decision, elapsedMs);

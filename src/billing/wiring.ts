@@ -27,6 +27,8 @@ export interface UsageBillingDeps {
   readonly now: () => number;
   /** Tests: a faster retry schedule. */
   readonly retry?: RetryPolicy;
+  /** Passed to the settlement service: a tenant was given a unit back. */
+  readonly onRefund?: (tenantId: string) => void;
 }
 
 export interface UsageBilling {
@@ -72,7 +74,7 @@ export function createUsageBilling(deps: UsageBillingDeps): UsageBilling {
   const { config, database, store, logger, now } = deps;
   const stripe = stripeFromConfig(config);
   const eventName = (endpoint: string) => eventNameFor(endpoint, config.stripeMeters, config.stripeMeterEvent);
-  const settlement = new SettlementService({ store, now, logger });
+  const settlement = new SettlementService({ store, now, logger, ...(deps.onRefund ? { onRefund: deps.onRefund } : {}) });
   const reporter = stripe === null ? null : reporterFromConfig(deps, stripe);
   const recoverUsage = createUsageRecovery({
     db: database.db,

@@ -37,6 +37,9 @@ const schema = z.object({
   APPLY_ON_START: optionalString,
   MIGRATE_ON_START: bool.default(true),
   CHECK_TIMEOUT_MS: positiveInt.max(60_000).default(100),
+  // Repeated 429s of a tenant are answered from memory for at most this long (never past the limit's
+  // reset); 0 asks Redis every time.
+  DENY_MEMORY_MS: z.coerce.number().int().min(0).max(60_000).default(1000),
   KEY_CACHE_TTL_SECONDS: positiveInt.default(300),
   // Long, because any change to keys clears negative entries on every replica within a second anyway
   // (version poll and NOTIFY); the TTL only bounds how often a flood of one unknown key reaches Postgres.
@@ -102,6 +105,7 @@ export interface Config {
   readonly applyOnStart: string | undefined;
   readonly migrateOnStart: boolean;
   readonly checkTimeoutMs: number;
+  readonly denyMemoryMs: number;
   readonly keyCacheTtlMs: number;
   readonly keyCacheNegativeTtlMs: number;
   readonly keyCacheMaxEntries: number;
@@ -164,6 +168,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
       e.APPLY_ON_START ?? (e.DATABASE_URL === undefined ? DEMO_TENANTS_FILE : undefined),
     migrateOnStart: e.MIGRATE_ON_START,
     checkTimeoutMs: e.CHECK_TIMEOUT_MS,
+    denyMemoryMs: e.DENY_MEMORY_MS,
     keyCacheTtlMs: e.KEY_CACHE_TTL_SECONDS * 1000,
     keyCacheNegativeTtlMs: e.KEY_CACHE_NEGATIVE_TTL_SECONDS * 1000,
     keyCacheMaxEntries: e.KEY_CACHE_MAX_ENTRIES,

@@ -14,8 +14,10 @@ import type { ResolvedKey, Tier } from './types.js';
 export interface RateLimitInfo {
   readonly limit: number;
   readonly remaining: number;
-  /** When the limit next frees capacity (epoch seconds). */
+  /** When the limit next frees capacity (epoch seconds, rounded up: the header value). */
   readonly resetEpochS: number;
+  /** The same instant, exact (epoch ms): nothing may treat the limit as exhausted past it. */
+  readonly resetAtMs: number;
   /** Seconds a denied client should wait; null on allowed responses. */
   readonly retryAfterS: number | null;
 }
@@ -257,7 +259,7 @@ export function concludeCheck(ctx: PlanContext, result: CheckAndReserveResult, n
       const retryAfterS = Math.max(1, ceilSeconds(resetMs - nowMs));
       return deny('READ_RATE_LIMIT_EXCEEDED', {
         ...ids,
-        rateLimit: { limit: rl.requests, remaining: 0, resetEpochS: ceilSeconds(resetMs), retryAfterS },
+        rateLimit: { limit: rl.requests, remaining: 0, resetEpochS: ceilSeconds(resetMs), resetAtMs: resetMs, retryAfterS },
         events: [
           {
             kind: 'read_rate_exceeded',
@@ -273,6 +275,7 @@ export function concludeCheck(ctx: PlanContext, result: CheckAndReserveResult, n
       limit: rl.requests,
       remaining: Math.max(0, rl.requests - rr.count),
       resetEpochS: ceilSeconds(resetMs),
+      resetAtMs: resetMs,
       retryAfterS: null,
     };
   }
@@ -297,6 +300,7 @@ export function concludeCheck(ctx: PlanContext, result: CheckAndReserveResult, n
         limit,
         remaining: 0,
         resetEpochS,
+        resetAtMs: period.endMs,
         retryAfterS: Math.max(1, ceilSeconds(period.endMs - nowMs)),
       },
       events: [
@@ -314,6 +318,7 @@ export function concludeCheck(ctx: PlanContext, result: CheckAndReserveResult, n
     limit: endpointLimit,
     remaining: Math.max(0, endpointLimit - q.endpointUsed),
     resetEpochS,
+    resetAtMs: period.endMs,
     retryAfterS: null,
   };
   if (totalLimit !== null && totalLimit - q.totalUsed < quotaInfo.remaining) {

@@ -6,6 +6,7 @@ import type { ResolvedKey } from '../core/types.js';
 import type { KeyCache } from '../directory/key-cache.js';
 import type { Logger } from '../logger.js';
 import type { CheckAndReserveRequest, CheckAndReserveResult, CounterStore } from '../store/types.js';
+import type { DenyMemory } from './deny-memory.js';
 import { logEvent } from './events.js';
 
 // Runs one Check: key cache → pure plan → one store call → pure conclusion. Every I/O step is bounded by
@@ -30,6 +31,8 @@ export interface CheckServiceDeps {
    * it must be O(1) and must not throw.
    */
   readonly onDecision?: (decision: Decision, elapsedMs: number) => void;
+  /** Answers repeated 429s from memory (see deny-memory.ts). Absent: every Check asks the store. */
+  readonly denyMemory?: DenyMemory;
   /** Wraps each Check (a tracing span). Absent when tracing is off, so the Check then pays nothing for it. */
   readonly around?: (input: CheckInput, run: () => Promise<Decision>) => Promise<Decision>;
 }
@@ -103,10 +106,16 @@ export class CheckService {
 
     const plan = planCheck(input, key, now());
     if (plan.kind === 'decided') return this.emit(plan.decision, startedMs);
+    const memory = this.deps.denyMemory;
+    const remembered = memory?.recall(plan.request, plan.ctx.tier, plan.request.nowMs);
+    if (remembered !== undefined) return this.emit(remembered, startedMs);
     try {
       let result = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
       if (result.usageMissing) result = await this.rebuildAndRetry(plan, key, budget);
-      return this.emit(concludeCheck(plan.ctx, result, now()), startedMs);
+      const decidedAt = now();
+      const decision = concludeCheck(plan.ctx, result, decidedAt);
+      if (memory !== undefined && decision.outcome === 'deny') memory.remember(plan.request, plan.ctx.tier, decision, decidedAt);
+      return this.emit(decision, startedMs);
     } catch (err) {
       this.stats.storeErrors++;
       this.logFailure('CacheError', err, plan.ctx.tenantId);

@@ -30,6 +30,8 @@ export interface SettlementDeps {
   readonly store: CounterStore;
   readonly now: () => number;
   readonly logger: Logger;
+  /** Told of each tenant given a unit back, so remembered 429s of that tenant are dropped at once. */
+  readonly onRefund?: (tenantId: string) => void;
 }
 
 /** Entries settled per store call: one pipelined round trip each. */
@@ -71,6 +73,10 @@ export class SettlementService {
         continue;
       }
       for (const o of outcomes) this.stats[o]++;
+      outcomes.forEach((o, i) => {
+        const entry = batch[i];
+        if (o === 'refunded' && entry !== undefined) this.deps.onRefund?.(entry.tenantId);
+      });
       const refunds = outcomes.filter((o) => o === 'refunded').length;
       this.deps.logger.debug(
         { event: 'settlement.batch', entries: batch.length, refunded: refunds },

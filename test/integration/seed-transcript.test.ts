@@ -122,8 +122,11 @@ describe.skipIf(!services)('seed transcript through gRPC Check (real Redis, real
     expect(h.logs.records().slice(before).filter((r) => r.event === 'usage.threshold')).toHaveLength(3);
     expect(await redis.hgetall(`${prefix}usage:tenant_E_111:2025-09`)).toEqual({ __total__: '10', 'op:/verify': '10' });
 
-    // An operator lowering the count with redis-cli is followed at once.
+    // An operator lowering the count with redis-cli is followed once the replica's memory of the 429
+    // lapses (DENY_MEMORY_MS, 1 s by default): until then repeats are answered without asking Redis.
     await redis.hset(`${prefix}usage:tenant_E_111:2025-09`, '__total__', '9', 'op:/verify', '9');
+    expect(httpStatus(await h.checkHttp({ key: PRO_KEY, method: 'POST', path: '/verify' }))).toBe(429);
+    h.clock.now = T0 + 1000;
     expect(httpStatus(await h.checkHttp({ key: PRO_KEY, method: 'POST', path: '/verify' }))).toBe(200);
   });
 

@@ -34,7 +34,7 @@ describe('fromCheckRequest', () => {
 describe('toCheckResponse', () => {
   const allow: Allow = {
     outcome: 'allow', code: 'OK', grpcCode: 0, tenantId: 't', tierId: 'free', keyHeader: 'x-api-key',
-    rateLimit: { limit: 10, remaining: 9, resetEpochS: 100, retryAfterS: null },
+    rateLimit: { limit: 10, remaining: 9, resetEpochS: 100, resetAtMs: 99_500, retryAfterS: null },
     metering: { endpoint: '/verify', period: '2025-09' }, degraded: false, events: [],
   };
 

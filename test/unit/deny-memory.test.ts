@@ -1,0 +1,73 @@
+import { describe, expect, it } from 'vitest';
+import { concludeCheck, planCheck, type Deny, type Plan } from '../../src/core/decide.js';
+import { DenyMemory } from '../../src/service/deny-memory.js';
+import { FREE, PRO, resolved, tenant } from '../helpers/fixtures.js';
+
+const NOW = Date.UTC(2025, 8, 18, 12, 0, 0);
+const C = resolved(tenant('tenant_C_789', 'free'), FREE);
+const E = resolved(tenant('tenant_E_111', 'pro'), PRO);
+const key = { kind: 'present', key: 'k', header: 'x-api-key' } as const;
+
+function storePlan(p: Plan) {
+  if (p.kind !== 'store') throw new Error('expected a store plan');
+  return p;
+}
+const readPlan = storePlan(planCheck({ method: 'GET', path: '/usage', key, requestId: 'r' }, C, NOW));
+// The store said: window full, oldest request 50 s ago, so one slot frees in 10 s.
+const readDeny = concludeCheck(readPlan.ctx, { readRate: { allowed: false, count: 10, oldestMs: NOW - 50_000 }, quota: null }, NOW) as Deny;
+const quotaPlan = storePlan(planCheck({ method: 'POST', path: '/verify', key, requestId: 'r' }, E, NOW));
+const quotaDeny = concludeCheck(quotaPlan.ctx, { readRate: null, quota: { allowed: false, endpointUsed: 10, totalUsed: 10, blockedBy: 'endpoint', crossed: [] } }, NOW) as Deny;
+
+describe('DenyMemory', () => {
+  it('answers a repeat 429 from memory with Retry-After brought up to date', () => {
+    const m = new DenyMemory(5000);
+    m.remember(readPlan.request, FREE, readDeny, NOW);
+    const again = m.recall(readPlan.request, FREE, NOW + 3000);
+    expect(again).toMatchObject({ code: 'READ_RATE_LIMIT_EXCEEDED', retryAfterS: 7, rateLimit: { remaining: 0, retryAfterS: 7 } });
+    expect(again?.events).toEqual(readDeny.events);
+    expect(m.hits).toBe(1);
+  });
+
+  it('never outlasts the exact reset, even when the hold is longer', () => {
+    const m = new DenyMemory(60_000);
+    m.remember(readPlan.request, FREE, readDeny, NOW);
+    expect(m.recall(readPlan.request, FREE, NOW + 9_999)).toBeDefined();
+    expect(m.recall(readPlan.request, FREE, NOW + 10_000)).toBeUndefined();
+  });
+
+  it('never outlasts the hold, so an operator edit is followed within it', () => {
+    const m = new DenyMemory(1000);
+    m.remember(quotaPlan.request, PRO, quotaDeny, NOW);
+    expect(m.recall(quotaPlan.request, PRO, NOW + 999)).toMatchObject({ code: 'USAGE_LIMIT_EXCEEDED' });
+    expect(m.recall(quotaPlan.request, PRO, NOW + 1000)).toBeUndefined();
+  });
+
+  it('is lifted by a tier change and by a refund of the tenant', () => {
+    const m = new DenyMemory(5000);
+    m.remember(quotaPlan.request, PRO, quotaDeny, NOW);
+    expect(m.recall(quotaPlan.request, { ...PRO }, NOW + 1)).toBeUndefined();
+    m.remember(readPlan.request, FREE, readDeny, NOW);
+    m.forget('tenant_C_789');
+    expect(m.recall(readPlan.request, FREE, NOW + 1)).toBeUndefined();
+  });
+
+  it('keeps read and quota denials apart, and remembers only 429s', () => {
+    const m = new DenyMemory(5000);
+    m.remember(readPlan.request, FREE, readDeny, NOW);
+    // A POST of the same tenant is not a read: the read memo does not deny it.
+    const post = storePlan(planCheck({ method: 'POST', path: '/verify', key, requestId: 'r' }, C, NOW));
+    expect(m.recall(post.request, FREE, NOW + 1)).toBeUndefined();
+    const other = new DenyMemory(5000);
+    other.remember(readPlan.request, FREE, { ...readDeny, code: 'USAGE_CHECK_UNAVAILABLE', rateLimit: null }, NOW);
+    expect(other.size).toBe(0);
+  });
+
+  it('does nothing when disabled, and stays bounded', () => {
+    const off = new DenyMemory(0);
+    off.remember(readPlan.request, FREE, readDeny, NOW);
+    expect(off.recall(readPlan.request, FREE, NOW)).toBeUndefined();
+    const small = new DenyMemory(5000, 3);
+    for (let i = 0; i < 10; i++) small.remember({ ...readPlan.request, tenantId: `t${i}` }, FREE, readDeny, NOW);
+    expect(small.size).toBeLessThanOrEqual(3);
+  });
+});

@@ -1,15 +1,28 @@
 import { parseArgs } from 'node:util';
-import { applyFile } from './admin/apply.js';
-import { startApp } from './app.js';
-import { runReporter } from './billing/run-reporter.js';
-import { renderCheckResponse, sendCheck } from './cli/check-command.js';
-import { alertsCommand, keysCommand, KEYS_USAGE } from './cli/keys-command.js';
+import { KEYS_USAGE } from './cli/keys-usage.js';
 import { ConfigError, loadConfig } from './config/env.js';
-import { openDatabase } from './db/client.js';
-import { runMigrations } from './db/migrate.js';
 import { createLogger } from './logger.js';
-import { shutdownInstalledTelemetry } from './telemetry/telemetry.js';
 import path from 'node:path';
+
+// Each command imports what it needs when it runs: the server's module graph (drizzle, PGlite, Stripe,
+// ioredis, OpenTelemetry) costs about a second to load, which `check` and `keys` should not pay.
+const applyFile = async (...a: Parameters<typeof import('./admin/apply.js').applyFile>) => (await import('./admin/apply.js')).applyFile(...a);
+const startApp = async (...a: Parameters<typeof import('./app.js').startApp>) => (await import('./app.js')).startApp(...a);
+const runReporter = async (...a: Parameters<typeof import('./billing/run-reporter.js').runReporter>) =>
+  (await import('./billing/run-reporter.js')).runReporter(...a);
+const sendCheck = async (...a: Parameters<typeof import('./cli/check-command.js').sendCheck>) =>
+  (await import('./cli/check-command.js')).sendCheck(...a);
+const renderCheckResponse = async (...a: Parameters<typeof import('./cli/check-command.js').renderCheckResponse>) =>
+  (await import('./cli/check-command.js')).renderCheckResponse(...a);
+const keysCommand = async (...a: Parameters<typeof import('./cli/keys-command.js').keysCommand>) =>
+  (await import('./cli/keys-command.js')).keysCommand(...a);
+const alertsCommand = async (...a: Parameters<typeof import('./cli/keys-command.js').alertsCommand>) =>
+  (await import('./cli/keys-command.js')).alertsCommand(...a);
+const openDatabase = async (...a: Parameters<typeof import('./db/client.js').openDatabase>) =>
+  (await import('./db/client.js')).openDatabase(...a);
+const runMigrations = async (...a: Parameters<typeof import('./db/migrate.js').runMigrations>) =>
+  (await import('./db/migrate.js')).runMigrations(...a);
+const shutdownInstalledTelemetry = async () => (await import('./telemetry/telemetry.js')).shutdownInstalledTelemetry();
 
 const USAGE = `usage-limiter — Envoy ext_authz server for API keys, read-rate limits and monthly quotas
 
@@ -111,7 +124,7 @@ async function check(args: string[]): Promise<number> {
     requestId: values['request-id'],
     timeoutMs,
   });
-  process.stdout.write(`${renderCheckResponse(res)}\n`);
+  process.stdout.write(`${await renderCheckResponse(res)}\n`);
   return 0;
 }
 

@@ -9,17 +9,7 @@ import { tenants } from '../db/schema.js';
 import { AppError } from '../errors.js';
 import { createKey, listKeys, parseDuration, parseInstant, revokeKey, rotateKey, type KeyInfo } from '../keys/key-admin.js';
 
-export const KEYS_USAGE = `  keys create --tenant T [--name N] [--expires ISO]
-                             issue a key (printed once, on stdout)
-  keys list --tenant T [--json]
-                             a tenant's keys: id, prefix, name, created, expires, status
-  keys revoke <prefix|id> [--tenant T]
-                             revoke now (every replica stops accepting it within about a second)
-  keys rotate <prefix|id> [--grace 24h] [--expires ISO] [--tenant T]
-                             issue a replacement; the old key stays valid for the grace period
-  alerts secret --tenant T   the secret a tenant's own alert webhook verifies signatures with
-  alerts webhook --tenant T (--url URL | --clear)
-                             where a tenant's own alerts are POSTed (besides ALERT_WEBHOOK_URL)`;
+export { KEYS_USAGE } from './keys-usage.js';
 
 export interface KeysIo {
   readonly out: (text: string) => void;

@@ -1,12 +1,14 @@
 // Loaded by bin/usage-limiter.js before anything else (`await import()`, so that nothing the server uses is
 // loaded before the SDK and its hooks are in place). Only `serve` gets telemetry: the admin commands are
 // short-lived and have nothing worth exporting.
+// The SDK is imported only for `serve`: loading it costs the short-lived commands (check, keys, apply)
+// most of a second of start-up.
 import { register } from 'node:module';
-import { loadTelemetrySettings } from '../config/telemetry-env.js';
-import { startGlobalTelemetry } from './telemetry.js';
 
 const command = process.argv[2] ?? 'serve';
 if (command === 'serve') {
+  const { loadTelemetrySettings } = await import('../config/telemetry-env.js');
+  const { startGlobalTelemetry } = await import('./telemetry.js');
   const settings = loadTelemetrySettings();
   if (settings.otlpTraces) {
     // The server is ESM: instrumentation reaches its imports (grpc-js, ioredis, http) through

@@ -21,6 +21,7 @@ import { createTelemetry, installedTelemetry, type Telemetry } from './telemetry
 import { CheckService } from './service/check-service.js';
 import { DenyMemory } from './service/deny-memory.js';
 import { createMemoryStore } from './store/memory-store.js';
+import { redisTarget } from './store/redis-client.js';
 import { createRedisStore } from './store/redis-store.js';
 import type { CounterStore } from './store/types.js';
 
@@ -55,9 +56,11 @@ export interface App {
 }
 
 function buildStore(config: Config, logger: Logger): CounterStore {
-  if (config.redisUrl) {
+  const target = redisTarget(config);
+  if (target) {
+    // A Redis Cluster (REDIS_CLUSTER_NODES) gets an ioredis Cluster client and `{tenant}` key names.
     return createRedisStore({
-      url: config.redisUrl,
+      ...target,
       prefix: config.redisKeyPrefix,
       commandTimeoutMs: config.checkTimeoutMs,
       settlementWindowMs: config.settlementWindowMs,

@@ -6,6 +6,7 @@ import type { Config } from '../config/env.js';
 import { openDatabase } from '../db/client.js';
 import { runMigrations } from '../db/migrate.js';
 import type { Logger } from '../logger.js';
+import { redisTarget } from '../store/redis-client.js';
 import { createRedisStore } from '../store/redis-store.js';
 import { reporterFromConfig, stripeFromConfig } from './wiring.js';
 
@@ -18,16 +19,17 @@ export async function runReporter(config: Config, logger: Logger, opts: { once: 
     logger.error({ event: 'usage.reporting_disabled' }, 'report needs STRIPE_SECRET_KEY');
     return 78;
   }
-  if (config.redisUrl === undefined) {
+  const target = redisTarget(config);
+  if (target === null) {
     // Counters kept in another process's memory cannot be read from here.
-    logger.error({ event: 'usage.reporting_disabled' }, 'report needs REDIS_URL (the counters of the servers)');
+    logger.error({ event: 'usage.reporting_disabled' }, 'report needs REDIS_URL or REDIS_CLUSTER_NODES (the counters of the servers)');
     return 78;
   }
   const database = await openDatabase(
     config.databaseUrl ? { url: config.databaseUrl, logger } : { dataDir: path.resolve(config.dataDir, 'pglite'), logger },
   );
   const store = createRedisStore({
-    url: config.redisUrl,
+    ...target,
     prefix: config.redisKeyPrefix,
     commandTimeoutMs: Math.max(config.checkTimeoutMs, REPORTER_REDIS_TIMEOUT_MS),
     settlementWindowMs: config.settlementWindowMs,

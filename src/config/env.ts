@@ -13,6 +13,8 @@ const optionalString = z
   .string()
   .optional()
   .transform((v) => (v === undefined || v.trim() === '' ? undefined : v.trim()));
+// host:port, the host a name, an IPv4 address or a bracketed IPv6 address.
+const CLUSTER_NODE = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9][A-Za-z0-9.-]*)):(\d{1,5})$/;
 
 const schema = z.object({
   GRPC_HOST: z.string().min(1).default('0.0.0.0'),
@@ -30,6 +32,28 @@ const schema = z.object({
     z
       .string()
       .regex(/^rediss?:\/\//, 'must be a redis:// or rediss:// URL')
+      .optional(),
+  ),
+  /** Seed nodes of a Redis Cluster, `host:port,host:port`; the client discovers the rest. */
+  REDIS_CLUSTER_NODES: optionalString.pipe(
+    z
+      .string()
+      .transform((v, ctx) => {
+        const nodes = v
+          .split(',')
+          .map((entry) => entry.trim())
+          .filter((entry) => entry !== '')
+          .map((entry) => {
+            const m = CLUSTER_NODE.exec(entry);
+            const port = Number(m?.[3]);
+            return m && port >= 1 && port <= 65535 ? Object.freeze({ host: (m[1] ?? m[2]) as string, port }) : null;
+          });
+        if (nodes.length === 0 || nodes.includes(null)) {
+          ctx.addIssue({ code: 'custom', message: 'must be comma-separated host:port seeds, e.g. redis-0:6379,redis-1:6379' });
+          return z.NEVER;
+        }
+        return Object.freeze(nodes as Array<{ readonly host: string; readonly port: number }>);
+      })
       .optional(),
   ),
   REDIS_KEY_PREFIX: z.string().default(''),
@@ -97,8 +121,10 @@ export interface Config {
   /** Unset: embedded PGlite under `dataDir`. */
   readonly databaseUrl: string | undefined;
   readonly dataDir: string;
-  /** Unset: counters in process memory (not shared between replicas). */
+  /** Unset (and no cluster): counters in process memory (not shared between replicas). */
   readonly redisUrl: string | undefined;
+  /** Seed nodes of a Redis Cluster; set only when `redisUrl` is not. */
+  readonly redisClusterNodes: ReadonlyArray<{ readonly host: string; readonly port: number }> | undefined;
   readonly redisKeyPrefix: string;
   readonly logLevel: string;
   /** A tenants YAML applied at start; defaults to the demo tenants when the database is embedded. */
@@ -154,6 +180,16 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
   if (e.ALERT_WEBHOOK_URL !== undefined && e.ALERT_WEBHOOK_SECRET === undefined) {
     throw new ConfigError(['ALERT_WEBHOOK_SECRET: required when ALERT_WEBHOOK_URL is set']);
   }
+  const clusterNodes = e.REDIS_CLUSTER_NODES;
+  const redisProblems: string[] = [];
+  if (clusterNodes !== undefined && e.REDIS_URL !== undefined) {
+    redisProblems.push('REDIS_CLUSTER_NODES: REDIS_URL is set too; set REDIS_URL (one Redis) or REDIS_CLUSTER_NODES (a Redis Cluster), not both');
+  }
+  if (clusterNodes !== undefined && /[{}]/.test(e.REDIS_KEY_PREFIX)) {
+    // Redis Cluster hashes the first {...} of a key, which must be the tenant's: braces in the prefix would move it.
+    redisProblems.push('REDIS_KEY_PREFIX: must not contain { or } with REDIS_CLUSTER_NODES');
+  }
+  if (redisProblems.length > 0) throw new ConfigError(redisProblems);
   const config: Config = {
     grpcHost: e.GRPC_HOST,
     grpcPort: e.GRPC_PORT,
@@ -162,6 +198,7 @@ export function loadConfig(env: NodeJS.ProcessEnv = process.env): Config {
     databaseUrl: e.DATABASE_URL,
     dataDir: e.DATA_DIR,
     redisUrl: e.REDIS_URL,
+    redisClusterNodes: clusterNodes,
     redisKeyPrefix: e.REDIS_KEY_PREFIX,
     logLevel: e.LOG_LEVEL,
     applyOnStart:
@@ -207,7 +244,8 @@ export function describeConfig(c: Config): Record<string, unknown> {
   return {
     ...c,
     databaseUrl: maskUrl(c.databaseUrl) ?? '(embedded PGlite)',
-    redisUrl: maskUrl(c.redisUrl) ?? '(in-process memory)',
+    redisUrl: maskUrl(c.redisUrl) ?? (c.redisClusterNodes ? undefined : '(in-process memory)'),
+    redisClusterNodes: c.redisClusterNodes?.map((n) => `${n.host.includes(':') ? `[${n.host}]` : n.host}:${n.port}`).join(','),
     stripeSecretKey: c.stripeSecretKey ? '***' : undefined,
     stripeWebhookSecret: c.stripeWebhookSecret ? '***' : undefined,
     alertWebhookSecret: c.alertWebhookSecret ? '***' : undefined,

@@ -2,7 +2,7 @@
 // replicas and racing requests. Redis trouble must surface as a fast rejection (the caller's failure
 // policy decides what then happens), never as a hang past Envoy's deadline or a crashed process.
 import fs from 'node:fs';
-import { Redis, type RedisOptions } from 'ioredis';
+import { Cluster } from 'ioredis';
 import {
   COUNTER_GRACE_MS,
   DEFAULT_SETTLEMENT_WINDOW_MS,
@@ -22,6 +22,7 @@ import {
   parseSettledUsageReply,
   parseUsageHash,
 } from './parse-reply.js';
+import { createRedisClient, pingAll, type ClusterNode, type RedisClient } from './redis-client.js';
 import { assertValidRestore } from './restore.js';
 import type {
   CheckAndReserveRequest,
@@ -34,12 +35,17 @@ import type {
 } from './types.js';
 
 export interface RedisStoreOptions {
-  /** Used when no `client` is given; defaults to redis://127.0.0.1:6379. */
+  /** Used when no `client` or `clusterNodes` is given; defaults to redis://127.0.0.1:6379. */
   readonly url?: string;
+  /** Seed nodes of a Redis Cluster (REDIS_CLUSTER_NODES): the store connects with an ioredis Cluster. */
+  readonly clusterNodes?: readonly ClusterNode[];
   /** A client owned by the caller: the store does not quit it on close(). */
-  readonly client?: Redis;
+  readonly client?: RedisClient;
   readonly prefix?: string;
-  /** Wrap tenants in `{}` in key names so a tenant's keys share a Redis Cluster slot. */
+  /**
+   * Wrap tenants in `{}` in key names so a tenant's keys share a Redis Cluster slot. Default: true with
+   * `clusterNodes` or a Cluster `client` (where it cannot be turned off), else false.
+   */
   readonly cluster?: boolean;
   /** Upper bound of every store call, including a wait for a connection in progress. Default 100. */
   readonly commandTimeoutMs?: number;
@@ -51,13 +57,12 @@ export interface RedisStoreOptions {
 
 export interface RedisCounterStore extends CounterStore {
   /** The underlying client, for tests and diagnostics. */
-  readonly redis: Redis;
+  readonly redis: RedisClient;
   /** The key names this store uses for a tenant. */
   keys(tenantId: string): TenantKeys;
 }
 
 const DEFAULT_COMMAND_TIMEOUT_MS = 100;
-const MAX_RECONNECT_DELAY_MS = 2_000;
 // Prefixed names, so a client shared with other code cannot have a command of the same name.
 const COMMANDS = {
   checkAndReserve: 'usageLimiterCheckAndReserve',
@@ -92,25 +97,31 @@ function loadScripts(): Record<ScriptName, string> {
   return scripts;
 }
 
-/** Client options that make failures fast: a Check must never wait on a Redis that is not there. */
-export function redisClientOptions(commandTimeoutMs: number): RedisOptions {
-  return {
-    commandTimeout: commandTimeoutMs,
-    connectTimeout: Math.max(1_000, commandTimeoutMs * 10),
-    // While disconnected, commands fail at once instead of queueing until a reconnect.
-    enableOfflineQueue: false,
-    maxRetriesPerRequest: 1,
-    // A reservation lost with its connection must not be replayed later: its Check has already been
-    // answered (by the failure policy), and a replay would count a unit twice.
-    autoResendUnfulfilledCommands: false,
-    retryStrategy: (times) => Math.min(50 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS),
-  };
-}
+export { redisClientOptions } from './redis-client.js';
 
 export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStore {
   const timeoutMs = opts.commandTimeoutMs ?? DEFAULT_COMMAND_TIMEOUT_MS;
+  const clusterClient = opts.clusterNodes !== undefined || opts.client instanceof Cluster;
+  const cluster = opts.cluster ?? clusterClient;
+  if (clusterClient && !cluster) {
+    // Without the hash tag a script's keys land in different slots: every call would fail with CROSSSLOT.
+    throw new RangeError('a Redis Cluster client needs cluster key names (cluster: true)');
+  }
+  const prefix = opts.prefix ?? '';
+  if (cluster && /[{}]/.test(prefix)) {
+    // Redis hashes the first {...} of a key: braces in the prefix would replace the tenant's hash tag.
+    throw new RangeError('the key prefix must not contain { or } with cluster key names');
+  }
   const owned = opts.client === undefined;
-  const client = opts.client ?? new Redis(opts.url ?? 'redis://127.0.0.1:6379', redisClientOptions(timeoutMs));
+  const client =
+    opts.client ??
+    createRedisClient(
+      opts.clusterNodes !== undefined ? { clusterNodes: opts.clusterNodes } : { url: opts.url ?? 'redis://127.0.0.1:6379' },
+      timeoutMs,
+      // A node connection opened after a failover is waited for (within timeoutMs); `run` below never sends
+      // while the cluster as a whole is down.
+      { waitForNodeConnections: true },
+    );
   // An 'error' event without a listener kills Node; a dead Redis must only fail calls.
   client.on('error', (err: Error) => opts.onError?.(err));
 
@@ -118,7 +129,7 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
   // defineCommand sends EVALSHA, falling back to EVAL on NOSCRIPT: one round trip per call.
   for (const name of Object.keys(COMMANDS) as ScriptName[]) client.defineCommand(COMMANDS[name], { lua: lua[name] });
   const commands = client as unknown as ScriptCommands;
-  const keyOpts: StoreKeyOptions = { prefix: opts.prefix ?? '', cluster: opts.cluster ?? false };
+  const keyOpts: StoreKeyOptions = { prefix, cluster };
   const settlementWindowMs = opts.settlementWindowMs ?? DEFAULT_SETTLEMENT_WINDOW_MS;
   assertValidWindow(settlementWindowMs);
 
@@ -293,7 +304,8 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
     },
 
     async ping(): Promise<void> {
-      await run('ping', () => client.ping());
+      // In a cluster every master must answer: a tenant's counters may live on any of them.
+      await run('ping', () => pingAll(client));
     },
 
     async close(): Promise<void> {

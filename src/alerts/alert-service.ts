@@ -54,6 +54,8 @@ export interface AlertServiceOptions {
   readonly violationThreshold: number;
   readonly violationWindowMs: number;
   readonly keyPrefix: string;
+  /** Redis Cluster key names for the violation counters (REDIS_CLUSTER_NODES). */
+  readonly clusterKeys?: boolean;
   readonly tuning?: Partial<AlertTuning>;
   /** Replaces the HTTP POST (tests). */
   readonly post?: DispatcherOptions['post'];
@@ -103,6 +105,7 @@ export class AlertService implements AlertMetricsSource {
       windowMs: o.violationWindowMs,
       flushMs: t.violationFlushMs,
       keyPrefix: o.keyPrefix,
+      clusterKeys: o.clusterKeys,
       logger: o.logger,
       now: o.now,
       onCrossed: (tenantId, window, count) => {

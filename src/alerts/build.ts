@@ -1,8 +1,8 @@
 // Builds the AlertService from the configuration (called by app.ts, the one wiring place).
-import { Redis } from 'ioredis';
 import type { Config } from '../config/env.js';
 import type { DatabaseHandle } from '../db/client.js';
 import type { Logger } from '../logger.js';
+import { createRedisClient, redisTarget, type RedisClient } from '../store/redis-client.js';
 import { AlertService, type AlertServiceOptions, type AlertTuning } from './alert-service.js';
 import { createOutbox } from './outbox.js';
 import { memoryWindowCounter, redisWindowCounter, type WindowCounter } from './violations.js';
@@ -32,16 +32,13 @@ export function buildAlerts(
       'ALERT_WEBHOOK_SECRET not set: alerts are logged only, no webhooks are sent',
     );
   }
-  let redis: Redis | null = null;
+  let redis: RedisClient | null = null;
   let counter: WindowCounter;
-  if (config.redisUrl) {
-    // Its own connection: violation counting must never queue behind (or slow) the Checks' EVALSHAs.
-    redis = new Redis(config.redisUrl, {
-      commandTimeout: 1_000,
-      enableOfflineQueue: false,
-      maxRetriesPerRequest: 1,
-      retryStrategy: (times) => Math.min(100 * 2 ** Math.min(times, 5), 2_000),
-    });
+  const target = redisTarget(config);
+  if (target) {
+    // Its own connection (a cluster: its own pool): violation counting must never queue behind (or slow)
+    // the Checks' EVALSHAs. Off the hot path, so a second is allowed.
+    redis = createRedisClient(target, 1_000);
     redis.on('error', () => {
       // Failures surface as rejected flushes (logged once per outage by the tracker).
     });
@@ -58,6 +55,7 @@ export function buildAlerts(
     violationThreshold: config.violationAlertCount,
     violationWindowMs: config.violationAlertWindowMs,
     keyPrefix: config.redisKeyPrefix,
+    clusterKeys: config.redisClusterNodes !== undefined,
     tuning: opts.tuning,
     post: opts.post,
   });

@@ -1,4 +1,4 @@
-import type { Redis } from 'ioredis';
+import { Cluster, type Redis } from 'ioredis';
 import type { Logger } from '../logger.js';
 
 // Repeated violations: a tenant denied N times (429s) within a fixed window raises one alert per window.
@@ -7,6 +7,8 @@ import type { Logger } from '../logger.js';
 // counters are shared (`violations:<tenant>:<window start, epoch s>`, INCRBY is atomic), so denials are
 // counted over all replicas and exactly one replica sees the crossing. Without Redis they are per process.
 // Windows are aligned to the epoch (e.g. every 5 minutes on the clock), so every replica agrees on them.
+// In Redis Cluster mode the tenant is wrapped in `{}` (`violations:{<tenant>}:<window start>`), as in the
+// counter store's keys, so a tenant's counters live in its slot.
 
 export interface WindowCounterEntry {
   readonly key: string;
@@ -15,7 +17,21 @@ export interface WindowCounterEntry {
   readonly ttlMs: number;
 }
 
-/** Adds each delta to its counter and returns the new totals, in the same order. */
+/**
+ * Some counters were added and some were not (a Redis Cluster with one shard down): `totals` has the new
+ * total of each added counter and null for the others, in the order of the entries.
+ */
+export class PartialCountError extends Error {
+  constructor(readonly totals: ReadonlyArray<number | null>, cause: unknown) {
+    super(`some violation counters could not be updated: ${cause instanceof Error ? cause.message : String(cause)}`);
+    this.name = 'PartialCountError';
+  }
+}
+
+/**
+ * Adds each delta to its counter and returns the new totals, in the same order. Throws PartialCountError
+ * when only some were added (so that those are not added twice), any other error when none were.
+ */
 export interface WindowCounter {
   add(entries: readonly WindowCounterEntry[]): Promise<number[]>;
 }
@@ -37,10 +53,31 @@ export function memoryWindowCounter(now: () => number = Date.now): WindowCounter
   };
 }
 
-export function redisWindowCounter(client: Redis): WindowCounter {
+/** The shared counter of one tenant's denials in the window starting at `windowStartMs`. */
+export function violationKey(prefix: string, tenantId: string, windowStartMs: number, cluster = false): string {
+  return `${prefix}violations:${cluster ? `{${tenantId}}` : tenantId}:${Math.floor(windowStartMs / 1000)}`;
+}
+
+export function redisWindowCounter(client: Redis | Cluster): WindowCounter {
   return {
     async add(entries) {
       if (entries.length === 0) return [];
+      if (client instanceof Cluster) {
+        // A cluster pipeline must stay within one slot: one pipeline per counter, all sent at once. The
+        // shards fail independently, so some counters may be added while others are not.
+        const results = await Promise.allSettled(
+          entries.map(async (e) => {
+            const [[err, value] = [new Error('no reply'), null]] =
+              (await client.pipeline().incrby(e.key, e.delta).pexpire(e.key, Math.max(1, Math.round(e.ttlMs))).exec()) ?? [];
+            if (err) throw err;
+            return Number(value);
+          }),
+        );
+        const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
+        if (failed === undefined) return results.map((r) => (r.status === 'fulfilled' ? r.value : 0));
+        if (results.every((r) => r.status === 'rejected')) throw failed.reason;
+        throw new PartialCountError(results.map((r) => (r.status === 'fulfilled' ? r.value : null)), failed.reason);
+      }
       const p = client.pipeline();
       for (const e of entries) p.incrby(e.key, e.delta).pexpire(e.key, Math.max(1, Math.round(e.ttlMs)));
       const replies = (await p.exec()) ?? [];
@@ -66,6 +103,8 @@ export interface ViolationTrackerOptions {
   readonly flushMs: number;
   /** Prepended to counter keys (REDIS_KEY_PREFIX). */
   readonly keyPrefix: string;
+  /** Redis Cluster key names: the tenant wrapped in `{}`. */
+  readonly clusterKeys?: boolean;
   readonly logger: Logger;
   /** The clock the denials were recorded with (for counter lifetimes). */
   readonly now: () => number;
@@ -127,24 +166,27 @@ export class ViolationTracker {
       for (const [tenantId, delta] of byTenant) {
         items.push({ tenantId, start, delta });
         entries.push({
-          key: `${keyPrefix}violations:${tenantId}:${Math.floor(start / 1000)}`,
+          key: violationKey(keyPrefix, tenantId, start, this.opts.clusterKeys),
           delta,
           ttlMs: Math.max(WINDOW_GRACE_MS, start + windowMs - nowMs + WINDOW_GRACE_MS),
         });
       }
     }
-    let totals: number[];
+    let totals: ReadonlyArray<number | null>;
     try {
       totals = await this.opts.counter.add(entries);
       if (this.failing) this.opts.logger.info({ event: 'violations.recovered' }, 'violation counters reachable again');
       this.failing = false;
     } catch (err) {
-      // Put the deltas back; they are added on the next flush.
-      for (const it of items) {
+      // Put back the deltas that were not added (all of them, unless only some failed); they are added on
+      // the next flush. Those that were added are not put back, so nothing is counted twice.
+      totals = err instanceof PartialCountError ? err.totals : items.map(() => null);
+      items.forEach((it, i) => {
+        if (totals[i] !== null) return;
         const w = this.pending.get(it.start) ?? new Map<string, number>();
         w.set(it.tenantId, (w.get(it.tenantId) ?? 0) + it.delta);
         this.pending.set(it.start, w);
-      }
+      });
       if (!this.failing) {
         this.opts.logger.warn(
           { event: 'violations.unreachable', err: err instanceof Error ? err.message : String(err) },
@@ -152,10 +194,10 @@ export class ViolationTracker {
         );
       }
       this.failing = true;
-      return;
     }
     items.forEach((it, i) => {
-      const total = totals[i] ?? 0;
+      const total = totals[i];
+      if (total === null || total === undefined) return;
       if (total >= threshold && total - it.delta < threshold) {
         this.opts.onCrossed(it.tenantId, { startMs: it.start, lengthMs: windowMs }, total);
       }

@@ -17,6 +17,11 @@ export interface TestCluster {
   readonly client: Cluster;
   /** Promotes the replica of the master that owns `key`'s slot; resolves once the client sees the new master. */
   failoverFor(key: string): Promise<{ oldMaster: number; newMaster: number }>;
+  /**
+   * SIGKILLs the master that owns `key`'s slot, as a crash would; resolves once the cluster has promoted its
+   * replica (failure detection takes the node timeout, 2 s here, then an election).
+   */
+  crashMasterFor(key: string): Promise<{ oldMaster: number; newMaster: number }>;
   stop(): Promise<void>;
 }
 
@@ -106,24 +111,34 @@ export async function startTestCluster(): Promise<TestCluster> {
       return views.every((v) => v.split('\n').filter((l) => /[ ,]slave [0-9a-f]{40} /.test(l)).length === 3);
     }, 'every node to see the three replicas');
 
+    /** The master that owns `key`'s slot, and its replica (named by the master itself). */
+    const roles = async (key: string) => {
+      const slot = Number(await client.cluster('KEYSLOT', key));
+      const owner = async (): Promise<number> => {
+        const slots = await client.cluster('SLOTS');
+        const range = slots.find(([from, to]) => slot >= from && slot <= to);
+        const master = range?.[2];
+        if (!master) throw new Error(`no owner for slot ${slot}`);
+        return master[1];
+      };
+      const oldMaster = await owner();
+      // Another node's CLUSTER NODES may not show the pairing yet. After a failover the old master is the
+      // new replica, in sync a moment later.
+      let replicaPort = 0;
+      await waitFor(async () => {
+        const replication = await onNode(oldMaster, (r) => r.info('replication'));
+        replicaPort = Number(/slave0:[^\r\n]*port=(\d+),state=online/.exec(replication)?.[1] ?? 0);
+        return replicaPort > 0;
+      }, `a replica in sync with the master on ${oldMaster}`, 10_000);
+      return { slot, owner, oldMaster, replicaPort };
+    };
+
     return {
       nodes,
       client,
       async failoverFor(key: string) {
-        const slot = Number(await client.cluster('KEYSLOT', key));
-        const owner = async (): Promise<number> => {
-          const slots = await client.cluster('SLOTS');
-          const range = slots.find(([from, to]) => slot >= from && slot <= to);
-          const master = range?.[2];
-          if (!master) throw new Error(`no owner for slot ${slot}`);
-          return master[1];
-        };
-        const oldMaster = await owner();
-        // The replica of that master runs the manual failover (a coordinated, lossless switch). The master
-        // itself names its replica (another node's CLUSTER NODES may not show the pairing yet).
-        const replication = await onNode(oldMaster, (r) => r.info('replication'));
-        const replicaPort = Number(/slave0:[^\r\n]*port=(\d+),state=online/.exec(replication)?.[1]);
-        if (!replicaPort) throw new Error(`no replica in sync found for master on ${oldMaster}`);
+        // The replica runs the manual failover (a coordinated, lossless switch).
+        const { slot, owner, oldMaster, replicaPort } = await roles(key);
         const replica = new Redis({ port: replicaPort });
         replica.on('error', () => {});
         try {
@@ -140,6 +155,12 @@ export async function startTestCluster(): Promise<TestCluster> {
         } finally {
           replica.disconnect();
         }
+        return { oldMaster, newMaster: replicaPort };
+      },
+      async crashMasterFor(key: string) {
+        const { slot, owner, oldMaster, replicaPort } = await roles(key);
+        procs[ports.indexOf(oldMaster)]?.kill('SIGKILL');
+        await waitFor(async () => (await owner()) === replicaPort, `promotion of ${replicaPort} for slot ${slot}`, 30_000);
         return { oldMaster, newMaster: replicaPort };
       },
       async stop() {

@@ -51,16 +51,26 @@ export interface OwnRedis {
   /** SIGSTOP: connections stay open and nothing answers, as on a hung server or a partition. */
   pause(): void;
   resume(): void;
-  /** Starts a fresh (empty) server on the same port. */
+  /** Starts a server on the same port: empty, or with the data it had when started with `appendOnly`. */
   restart(): Promise<void>;
   stop(): Promise<void>;
 }
 
-export async function startOwnRedis(): Promise<OwnRedis> {
+export interface OwnRedisOptions {
+  /**
+   * Keep data across kill and restart, as a production Redis does (and docker-compose.yml's): an append-only
+   * file fsynced before each reply, so whatever a client was told is stored survives a SIGKILL.
+   */
+  readonly appendOnly?: boolean;
+}
+
+export async function startOwnRedis(opts: OwnRedisOptions = {}): Promise<OwnRedis> {
   const port = await freePort();
   let child: ChildProcess | null = null;
+  const dir = opts.appendOnly ? mkdtempSync(path.join(os.tmpdir(), 'ul-redis-')) : null;
+  const persistence = dir === null ? ['--appendonly', 'no'] : ['--dir', dir, '--appendonly', 'yes', '--appendfsync', 'always'];
   const launch = async () => {
-    child = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], { stdio: 'ignore' });
+    child = spawn(REDIS_SERVER, ['--port', String(port), '--bind', '127.0.0.1', '--save', '', ...persistence], { stdio: 'ignore' });
     await waitFor(`redis-server on ${port}`, async () => {
       const c = new Redis({ port, host: '127.0.0.1', lazyConnect: true, maxRetriesPerRequest: 0, retryStrategy: () => null });
       c.on('error', () => {});
@@ -93,7 +103,10 @@ export async function startOwnRedis(): Promise<OwnRedis> {
       await killNow('SIGKILL');
       await launch();
     },
-    stop: () => killNow('SIGKILL'),
+    stop: async () => {
+      await killNow('SIGKILL');
+      if (dir !== null) rmSync(dir, { recursive: true, force: true });
+    },
   };
 }
 

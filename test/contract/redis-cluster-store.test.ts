@@ -3,7 +3,7 @@
 // what only a cluster checks: every command and script of the store touches one slot, its tenant's (Redis
 // itself refuses a script whose keys span slots with CROSSSLOT), and the violation counters do too.
 import { Cluster } from 'ioredis';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { PartialCountError, redisWindowCounter, violationKey } from '../../src/alerts/violations.js';
 import { clusterClientOptions } from '../../src/store/redis-client.js';
 import { createRedisStore } from '../../src/store/redis-store.js';
@@ -168,5 +168,31 @@ describe.skipIf(!clusterUp)('redis store on a Redis Cluster', () => {
       expect(tc.client.status).toBe('ready');
       await deleteClusterKeys(tc.client, prefix);
     });
+  });
+});
+
+describe('redis store, no cluster node reachable', () => {
+  it('rejects quickly instead of hanging, and survives the client errors', async () => {
+    const errors: Error[] = [];
+    // ioredis reports an 'error' event nobody listens to on console.error.
+    const consoleError = vi.spyOn(console, 'error');
+    // Port 1 refuses connections; the store's default timeout (100 ms) applies.
+    const store = createRedisStore({ clusterNodes: [{ host: '127.0.0.1', port: 1 }], onError: (err) => errors.push(err) });
+    try {
+      for (const waitMs of [0, 250]) {
+        await new Promise((resolve) => setTimeout(resolve, waitMs));
+        const started = performance.now();
+        await expect(store.checkAndReserve(meteredRequest('t1'))).rejects.toThrow(/Redis/);
+        await expect(store.ping()).rejects.toThrow(/Redis/);
+        expect(performance.now() - started).toBeLessThan(500);
+      }
+      expect(errors.length).toBeGreaterThan(0);
+      expect(consoleError).not.toHaveBeenCalled();
+    } finally {
+      consoleError.mockRestore();
+      const started = performance.now();
+      await store.close();
+      expect(performance.now() - started).toBeLessThan(500);
+    }
   });
 });

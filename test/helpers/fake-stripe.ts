@@ -48,17 +48,9 @@ export interface FakeStripeOptions {
 
 type FaultPolicy = (req: { method: string; path: string; apiKey: string }) => Fault | null;
 
-/** A small seeded generator, so a failure pattern can be reproduced from its seed. */
-export function seededRandom(seed: number): () => number {
-  let a = seed >>> 0;
-  return () => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+// Seeded, so a failure pattern can be reproduced from its seed.
+export { seededRandom } from './prng.js';
+import { seededRandom } from './prng.js';
 
 /** Parses a form body the way the stripe package writes it (`payload[value]=5` → `{ payload: { value: '5' } }`). */
 export function parseForm(body: string): Record<string, unknown> {

@@ -17,9 +17,12 @@ const optionalString = z
 const CLUSTER_NODE = /^(?:\[([0-9A-Fa-f:.]+)\]|([A-Za-z0-9][A-Za-z0-9.-]*)):(\d{1,5})$/;
 
 const schema = z.object({
-  GRPC_HOST: z.string().min(1).default('0.0.0.0'),
+  // Loopback unless told otherwise: the gRPC port takes access-log entries that give reservations back and
+  // answers Checks to anyone (a key oracle), so it must face Envoy alone. Containers set 0.0.0.0 (Dockerfile,
+  // docker-compose.yml, k8s) behind their own fences (published on loopback, a NetworkPolicy).
+  GRPC_HOST: z.string().min(1).default('127.0.0.1'),
   GRPC_PORT: port.default(9191),
-  HTTP_HOST: z.string().min(1).default('0.0.0.0'),
+  HTTP_HOST: z.string().min(1).default('127.0.0.1'),
   HTTP_PORT: port.default(8081),
   DATABASE_URL: optionalString.pipe(
     z

@@ -1,5 +1,5 @@
 import { hashApiKey } from '../core/api-key.js';
-import { concludeCheck, deny, planCheck, storeUnavailable, type Decision, type Plan } from '../core/decide.js';
+import { concludeCheck, deny, planCheck, storeUnavailable, type Decision, type Deny, type Plan } from '../core/decide.js';
 import type { Period } from '../core/period.js';
 import type { CheckInput } from '../core/request.js';
 import type { ResolvedKey } from '../core/types.js';
@@ -66,6 +66,15 @@ function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   });
 }
 
+/**
+ * A remembered read-rate denial carries the log event of the request that earned it; the warning line must
+ * name this request's path (on-call reads it, and it is the client's own text, logged as a field), not that one.
+ */
+function forPath(d: Deny, path: string): Deny {
+  if (!d.events.some((e) => e.kind === 'read_rate_exceeded' && e.endpoint !== path)) return d;
+  return { ...d, events: d.events.map((e) => (e.kind === 'read_rate_exceeded' ? { ...e, endpoint: path } : e)) };
+}
+
 // Keep a little of Envoy's deadline for encoding and sending the answer.
 const DEADLINE_MARGIN_MS = 5;
 
@@ -108,7 +117,7 @@ export class CheckService {
     if (plan.kind === 'decided') return this.emit(plan.decision, startedMs);
     const memory = this.deps.denyMemory;
     const remembered = memory?.recall(plan.request, plan.ctx.tier, plan.request.nowMs);
-    if (remembered !== undefined) return this.emit(remembered, startedMs);
+    if (remembered !== undefined) return this.emit(forPath(remembered, plan.ctx.path), startedMs);
     try {
       let result = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
       if (result.usageMissing) result = await this.rebuildAndRetry(plan, key, budget);

@@ -114,6 +114,8 @@ export interface OwnPostgres {
   /** postgres://postgres@127.0.0.1:<port>/postgres */
   readonly url: string;
   readonly port: number;
+  /** The server's log (pg_ctl -l): with `log_statement = 'all'`, every statement and its parameters. */
+  readonly logFile: string;
   /** pg_ctl stop -m immediate: the server is gone, connections are refused. */
   stop(): Promise<void>;
   start(): Promise<void>;
@@ -146,6 +148,7 @@ export async function startOwnPostgres(): Promise<OwnPostgres> {
   const pg: OwnPostgres = {
     url: `postgres://postgres@127.0.0.1:${port}/postgres`,
     port,
+    logFile: path.join(dir, 'log'),
     start: async () => {
       await asPostgres([`${PG_BIN}/pg_ctl`, '-D', data, '-o', opts, '-l', path.join(dir, 'log'), '-w', 'start']);
       stopped = false;

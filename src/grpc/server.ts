@@ -55,8 +55,14 @@ export function createCheckHandler(
         return;
       }
       const input = parsed.input;
-      checkService.check(input, deadlineOf(call)).then(
-        (decision) => callback(null, toCheckResponse(decision, input.requestId)),
+      const deadlineMs = deadlineOf(call);
+      checkService.check(input, deadlineMs).then(
+        (decision) => {
+          // Past the deadline Envoy has stopped waiting (this server's deadline is a little later than its):
+          // the request is not forwarded, so what it reserved must not stand.
+          if (call.cancelled || Date.now() >= deadlineMs) checkService.abandon(decision, input.requestId);
+          callback(null, toCheckResponse(decision, input.requestId));
+        },
         (err: unknown) => internalError(err),
       );
     } catch (err) {

@@ -167,10 +167,21 @@ export class CheckService {
    */
   private cancelReservation(req: CheckAndReserveRequest): void {
     const q = req.quota;
-    if (q === null) return;
-    this.deps.store
-      .settle([{ tenantId: req.tenantId, period: q.period, endpoint: q.endpoint, requestId: req.requestId, failed: true }], this.deps.now())
-      .catch(() => {});
+    if (q !== null) this.release(req.tenantId, q.period, q.endpoint, req.requestId);
+  }
+
+  /**
+   * An allowed Check whose answer came too late for Envoy (its deadline passed: Envoy answered the client
+   * itself and forwarded nothing) gives back the unit it reserved, as a failed request would.
+   */
+  abandon(decision: Decision, requestId: string): void {
+    if (decision.outcome === 'allow' && decision.metering !== null) {
+      this.release(decision.tenantId, decision.metering.period, decision.metering.endpoint, requestId);
+    }
+  }
+
+  private release(tenantId: string, period: string, endpoint: string, requestId: string): void {
+    this.deps.store.settle([{ tenantId, period, endpoint, requestId, failed: true }], this.deps.now()).catch(() => {});
   }
 
   // At most one error line per second: an outage must be visible, not flood the log at request rate.

@@ -118,10 +118,14 @@ export class FakeStripe {
   /** Fails a `rate` share of meter-event calls, with kinds drawn evenly, reproducibly from `seed`. */
   failRandomly(rate: number, seed: number, kinds: readonly Fault[]): void {
     const random = seededRandom(seed);
+    let faults = 0;
     this.setFaults(({ method, path }) => {
       if (method !== 'POST' || path !== '/v1/billing/meter_events') return null;
       if (random() >= rate) return null;
-      return kinds[Math.floor(random() * kinds.length)] ?? null;
+      // The first faults go through every kind in turn, so a run that fails a few calls has met each kind
+      // (which calls fail depends on timing, and a random pick could miss one); later ones are random.
+      const n = faults++;
+      return (n < kinds.length ? kinds[n] : kinds[Math.floor(random() * kinds.length)]) ?? null;
     });
   }
 

@@ -11,6 +11,8 @@ export default defineConfig({
     testTimeout: 30_000,
     hookTimeout: 60_000,
     pool: 'forks',
+    // Integration files start servers on real ports; two workers match the machine's two cores.
+    poolOptions: { forks: { maxForks: 2, minForks: 1 } },
     reporters: ['default', './test/helpers/plain-summary-reporter.ts'],
     projects: [
       {
@@ -19,8 +21,6 @@ export default defineConfig({
           name: 'main',
           include: ['test/**/*.test.ts'],
           exclude: HEAVY,
-          // Integration files start servers on real ports; two workers match the machine's two cores.
-          poolOptions: { forks: { maxForks: 2, minForks: 1 } },
           sequence: { groupOrder: 0 },
         },
       },
@@ -29,7 +29,7 @@ export default defineConfig({
         test: {
           name: 'heavy',
           include: HEAVY,
-          poolOptions: { forks: { maxForks: 1, minForks: 1 } },
+          poolOptions: { forks: { singleFork: true } },
           sequence: { groupOrder: 1 },
         },
       },

@@ -11,11 +11,11 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import postgres from 'postgres';
 import { corpus, population } from './corpus.js';
+import { freePort } from '../test/helpers/server-process.js';
 
 const SECONDS = Number(process.env.TELEMETRY_BENCH_SECONDS ?? 10);
 const ROUNDS = Number(process.env.ROUNDS ?? 2);
@@ -23,16 +23,6 @@ const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0
 const ROOT = path.resolve(import.meta.dirname, '..');
 
 const log = (m: string) => process.stderr.write(`[telemetry-bench] ${m}\n`);
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-    srv.once('error', reject);
-  });
-}
 
 async function startChild(cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp, logFile: string): Promise<ChildProcess> {
   const fd = openSync(logFile, 'w');

@@ -25,7 +25,7 @@ import type { CheckRequestMessage, CheckResponseMessage } from '../../src/grpc/c
 import { authorizationService, httpStatusNumber } from '../../src/grpc/protos.js';
 import { startHarness, type Harness } from '../helpers/harness.js';
 import { seededRandom } from '../helpers/prng.js';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
 const SECONDS = Number(process.env.FUZZ_SECONDS ?? 10);
@@ -332,8 +332,7 @@ describe.skipIf(!services)('Check fuzzing over gRPC', () => {
     client?.close();
     await h?.stop();
     if (redis) {
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await dropKeysWithPrefix(redis, prefix);
       redis.disconnect();
     }
     await dropDb?.();

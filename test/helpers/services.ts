@@ -37,6 +37,12 @@ export function testPrefix(label: string): string {
   return `test:${label}:${randomBytes(4).toString('hex')}:`;
 }
 
+/** Deletes every key under a test's own prefix (never FLUSHDB: the Redis is shared). */
+export async function dropKeysWithPrefix(redis: { keys(p: string): Promise<string[]>; del(...k: string[]): Promise<number> }, prefix: string): Promise<void> {
+  const keys = await redis.keys(`${prefix}*`);
+  if (keys.length) await redis.del(...keys);
+}
+
 /** Creates a fresh database for one test file; `drop()` removes it. */
 export async function createTestDatabase(label: string): Promise<{ url: string; drop: () => Promise<void> }> {
   const name = `ul_${label.replace(/[^a-z0-9]/gi, '_').toLowerCase()}_${randomBytes(4).toString('hex')}`;

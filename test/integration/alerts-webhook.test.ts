@@ -9,7 +9,7 @@ import type { AlertTuning } from '../../src/alerts/alert-service.js';
 import { EVENT_ID_HEADER, SIGNATURE_HEADER, tenantWebhookSecret, verifySignature, ATTEMPT_HEADER } from '../../src/alerts/webhook.js';
 import { alertOutbox, tenants } from '../../src/db/schema.js';
 import { httpStatus, startHarness, type Harness } from '../helpers/harness.js';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 import { startWebhookReceiver, type ReceivedWebhook, type WebhookReceiver } from '../helpers/webhook-receiver.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
@@ -68,8 +68,7 @@ describe.skipIf(!services)('alert webhooks', () => {
   afterAll(async () => {
     await h?.stop();
     await receiver?.close();
-    const keys = await redis.keys(`${prefix}*`);
-    if (keys.length) await redis.del(...keys);
+    await dropKeysWithPrefix(redis, prefix);
     redis.disconnect();
     await db?.drop();
   });

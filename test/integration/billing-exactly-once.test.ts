@@ -16,7 +16,7 @@ import type { HttpAccessLogEntryMessage } from '../../src/settlement/access-log-
 import { AccessLogClient, entryFor } from '../helpers/access-log-client.js';
 import { FakeStripe, seededRandom, type AcceptedEvent } from '../helpers/fake-stripe.js';
 import { httpStatus, startHarness, type Harness } from '../helpers/harness.js';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
 const TENANTS_FILE = fileURLToPath(new URL('../fixtures/billing/tenants.yaml', import.meta.url));
@@ -114,8 +114,7 @@ describe.skipIf(!services)('exactly-once billing under failures, two reporters a
     await stripe?.stop();
     await sql?.end();
     if (redis) {
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await dropKeysWithPrefix(redis, prefix);
       redis.disconnect();
     }
     await dropDb?.();

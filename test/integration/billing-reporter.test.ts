@@ -12,7 +12,7 @@ import { settlementHorizon } from '../../src/store/keys.js';
 import { AccessLogClient, entryFor } from '../helpers/access-log-client.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { startHarness, type Harness } from '../helpers/harness.js';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
 const TENANTS = fileURLToPath(new URL('../fixtures/billing/tenants.yaml', import.meta.url));
@@ -80,8 +80,7 @@ describe.skipIf(!services)('usage reporter', () => {
     await stripe?.stop();
     await sql?.end();
     if (redis) {
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await dropKeysWithPrefix(redis, prefix);
       redis.disconnect();
     }
     await dropDb?.();

@@ -7,7 +7,7 @@ import postgres from 'postgres';
 import Stripe from 'stripe';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { httpStatus, responseHeaders, startHarness, type Harness } from '../helpers/harness.js';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
 const TENANTS = fileURLToPath(new URL('../fixtures/billing/tenants.yaml', import.meta.url));
@@ -106,8 +106,7 @@ describe.skipIf(!services)('Stripe webhooks', () => {
     await h?.stop();
     await sql?.end();
     if (redis) {
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await dropKeysWithPrefix(redis, prefix);
       redis.disconnect();
     }
     await dropDb?.();

@@ -2,30 +2,14 @@
 // counters, demo tenants), `check` against it, and a bad variable stopping start-up with its name.
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
-import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { sendCheck } from '../../src/cli/check-command.js';
+import { BIN, cleanEnv, freePort } from '../helpers/server-process.js';
 
 const run = promisify(execFile);
-const BIN = path.resolve('bin/usage-limiter.js');
-
-function freePort(): Promise<number> {
-  return new Promise((resolve, reject) => {
-    const srv = net.createServer().listen(0, '127.0.0.1', () => {
-      const { port } = srv.address() as net.AddressInfo;
-      srv.close(() => resolve(port));
-    });
-    srv.once('error', reject);
-  });
-}
-
-// Only what a fresh shell has: no DATABASE_URL, REDIS_URL or other service settings leak in.
-function cleanEnv(extra: Record<string, string>): NodeJS.ProcessEnv {
-  return { PATH: process.env.PATH, HOME: process.env.HOME, ...extra };
-}
 
 describe('usage-limiter CLI with embedded defaults', () => {
   let server: ChildProcess;

@@ -2,7 +2,7 @@
 // Postgres: key names, headers, bodies and log lines as the original system printed them.
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 import { httpStatus, responseHeaders, startHarness, type Harness } from '../helpers/harness.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
@@ -31,8 +31,7 @@ describe.skipIf(!services)('seed transcript through gRPC Check (real Redis, real
   afterAll(async () => {
     await h?.stop();
     if (redis) {
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await dropKeysWithPrefix(redis, prefix);
       redis.disconnect();
     }
     await dropDb?.();

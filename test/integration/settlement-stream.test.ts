@@ -7,7 +7,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import type { CheckResponseMessage } from '../../src/grpc/check-mapping.js';
 import { AccessLogClient, entryFor } from '../helpers/access-log-client.js';
 import { httpStatus, startHarness, type Harness } from '../helpers/harness.js';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
 const TENANTS = fileURLToPath(new URL('../fixtures/billing/tenants.yaml', import.meta.url));
@@ -49,8 +49,7 @@ describe.skipIf(!services)('settlement through the access-log stream', () => {
     logs?.close();
     await h?.stop();
     if (redis) {
-      const keys = await redis.keys(`${prefix}*`);
-      if (keys.length) await redis.del(...keys);
+      await dropKeysWithPrefix(redis, prefix);
       redis.disconnect();
     }
     await dropDb?.();

@@ -20,7 +20,7 @@ import type { HttpAccessLogEntryMessage } from '../../src/settlement/access-log-
 import { AccessLogClient, entryFor } from '../helpers/access-log-client.js';
 import { seededRandom } from '../helpers/prng.js';
 import { checker, startServerProcess, type Checker, type ServerProcess } from '../helpers/server-process.js';
-import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
+import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
 const SECONDS = Number(process.env.SOAK_SECONDS ?? 60);
@@ -77,8 +77,7 @@ describe.skipIf(!services)('soak', () => {
     logs?.close();
     if (server) expect(await server.terminate()).toBe(0);
     const redis = new Redis(TEST_REDIS_URL);
-    const keys = await redis.keys(`${prefix}*`);
-    if (keys.length) await redis.del(...keys);
+    await dropKeysWithPrefix(redis, prefix);
     redis.disconnect();
     await dropDb?.();
   });

@@ -1,16 +1,7 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, describeConfig, loadConfig } from '../../src/config/env.js';
+import { describeConfig, loadConfig } from '../../src/config/env.js';
 import { clusterClientOptions, redisTarget } from '../../src/store/redis-client.js';
-
-function problems(env: Record<string, string>): string[] {
-  try {
-    loadConfig(env);
-  } catch (err) {
-    if (err instanceof ConfigError) return [...err.problems];
-    throw err;
-  }
-  return [];
-}
+import { problems } from '../helpers/config-problems.js';
 
 describe('REDIS_CLUSTER_NODES', () => {
   it('reads comma-separated host:port seeds (names, IPv4, bracketed IPv6), ignoring blanks', () => {

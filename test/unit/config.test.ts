@@ -1,15 +1,6 @@
 import { describe, expect, it } from 'vitest';
-import { ConfigError, DEMO_TENANTS_FILE, describeConfig, loadConfig } from '../../src/config/env.js';
-
-function problems(env: Record<string, string>): string[] {
-  try {
-    loadConfig(env);
-  } catch (err) {
-    if (err instanceof ConfigError) return [...err.problems];
-    throw err;
-  }
-  return [];
-}
+import { DEMO_TENANTS_FILE, describeConfig, loadConfig } from '../../src/config/env.js';
+import { problems } from '../helpers/config-problems.js';
 
 describe('loadConfig', () => {
   it('has a default for everything, embedded stores and the demo tenants', () => {

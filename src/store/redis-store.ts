@@ -22,7 +22,7 @@ import {
   parseSettledUsageReply,
   parseUsageHash,
 } from './parse-reply.js';
-import { createRedisClient, pingAll, type ClusterNode, type RedisClient } from './redis-client.js';
+import { createRedisClient, pingAll, writeCoalescer, type ClusterNode, type RedisClient } from './redis-client.js';
 import { assertValidRestore } from './restore.js';
 import type {
   CheckAndReserveRequest,
@@ -130,6 +130,7 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
   for (const name of Object.keys(COMMANDS) as ScriptName[]) client.defineCommand(COMMANDS[name], { lua: lua[name] });
   const commands = client as unknown as ScriptCommands;
   const keyOpts: StoreKeyOptions = { prefix, cluster };
+  const coalesce = writeCoalescer(client);
   const settlementWindowMs = opts.settlementWindowMs ?? DEFAULT_SETTLEMENT_WINDOW_MS;
   assertValidWindow(settlementWindowMs);
 
@@ -214,9 +215,10 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
         String(percents.length),
         ...percents.map(String),
       ];
-      const reply = await run('checkAndReserve', () =>
-        commands[COMMANDS.checkAndReserve](keys.length, ...keys, ...args),
-      );
+      const reply = await run('checkAndReserve', () => {
+        coalesce();
+        return commands[COMMANDS.checkAndReserve](keys.length, ...keys, ...args);
+      });
       return parseCheckAndReserveReply(reply);
     },
 
@@ -232,9 +234,10 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
     async settle(entries: readonly SettleRequest[], nowMs: number): Promise<SettleOutcome[]> {
       if (entries.length === 0) return [];
       // One script per entry (each touches one tenant's keys, so each stays in one cluster slot), all
-      // written before any reply is read: ioredis pipelines them on the connection, one round trip.
-      const replies = await run('settle', () =>
-        Promise.all(
+      // written before any reply is read, in one socket write (see writeCoalescer): one round trip.
+      const replies = await run('settle', () => {
+        coalesce();
+        return Promise.all(
           entries.map((e) => {
             const k = storeKeys(keyOpts, e.tenantId);
             return commands[COMMANDS.settle](
@@ -248,8 +251,8 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
               String(settlementWindowMs),
             );
           }),
-        ),
-      );
+        );
+      });
       return replies.map(parseSettleReply);
     },
 

@@ -1,6 +1,6 @@
 // The behaviour every CounterStore must have, run against each implementation. Time is always passed in
 // (nowMs), never slept on, so window edges are tested to the millisecond.
-import { afterEach, beforeEach, describe, expect, it } from 'vitest';
+import { afterEach, beforeEach, describe, expect, it, vi } from 'vitest';
 import { settlementHorizon } from '../../src/store/keys.js';
 import type {
   CheckAndReserveRequest,
@@ -508,4 +508,29 @@ export function counterStoreContract(name: string, makeHarness: () => Promise<Co
       });
     });
   });
+}
+
+/**
+ * A store whose Redis cannot be reached (built with `onError` pushing into `errors`) must reject every call
+ * within its default timeout (100 ms), right away and again after reconnect attempts, report the refused
+ * connections to the listener rather than crash the process or print ioredis's "Unhandled error event",
+ * and close quickly.
+ */
+export async function expectUnreachableStoreFailsFast(store: CounterStore & { ping(): Promise<void>; close(): Promise<void> }, errors: readonly Error[], consoleError: ReturnType<typeof vi.spyOn>): Promise<void> {
+  try {
+    for (const waitMs of [0, 250]) {
+      await new Promise((resolve) => setTimeout(resolve, waitMs));
+      const started = performance.now();
+      await expect(store.checkAndReserve(meteredRequest('t1'))).rejects.toThrow(/Redis/);
+      await expect(store.ping()).rejects.toThrow(/Redis/);
+      expect(performance.now() - started).toBeLessThan(500);
+    }
+    expect(errors.length).toBeGreaterThan(0);
+    expect(consoleError).not.toHaveBeenCalled();
+  } finally {
+    consoleError.mockRestore();
+    const started = performance.now();
+    await store.close();
+    expect(performance.now() - started).toBeLessThan(500);
+  }
 }

@@ -1,23 +1,7 @@
-// The only code that knows the shape of Envoy's CheckRequest and CheckResponse. Both directions are pure:
-// CheckRequest → RawHttpRequest (then core/request.ts validates it), and Decision → CheckResponse.
+// The shape of Envoy's CheckResponse, built from a Decision (pure); check-response-encoder.ts puts it on the
+// wire. The request side is check-request-decoder.ts: CheckRequest bytes → RawHttpRequest.
 
 import type { Decision, RateLimitInfo } from '../core/decide.js';
-import type { RawHttpRequest } from '../core/request.js';
-
-/** The parts of envoy.service.auth.v3.CheckRequest the server reads (proto-loader, keepCase). */
-export interface CheckRequestMessage {
-  attributes?: {
-    request?: {
-      http?: {
-        id?: string;
-        method?: string;
-        path?: string;
-        headers?: Record<string, string>;
-        header_map?: { headers?: Array<{ key?: string; value?: string; raw_value?: Uint8Array }> };
-      };
-    };
-  };
-}
 
 interface HeaderValueOption {
   header: { key: string; value: string };
@@ -56,43 +40,6 @@ export const DEGRADED_HEADER = 'x-usage-limiter-degraded';
 // deprecated `append` defaulted to true and duplicated headers). `append` itself is never set.
 function header(key: string, value: string): HeaderValueOption {
   return { header: { key, value }, append_action: 'OVERWRITE_IF_EXISTS_OR_ADD' };
-}
-
-const decoder = new TextDecoder('utf-8', { fatal: false });
-
-/** Reads method, path, id and headers; prefers the `headers` map, falls back to `header_map`. */
-export function fromCheckRequest(req: CheckRequestMessage | null | undefined): RawHttpRequest {
-  const http = req?.attributes?.request?.http;
-  const headers = new Map<string, string>();
-  const plain = http?.headers;
-  if (plain !== undefined && plain !== null && typeof plain === 'object') {
-    for (const name of Object.keys(plain)) {
-      const value = plain[name];
-      if (typeof value === 'string') headers.set(name.toLowerCase(), value);
-    }
-  }
-  const raw = http?.header_map?.headers;
-  if (headers.size === 0 && Array.isArray(raw)) {
-    for (const h of raw) {
-      if (typeof h?.key !== 'string') continue;
-      const value =
-        typeof h.value === 'string' && h.value !== ''
-          ? h.value
-          : h.raw_value !== undefined
-            ? decoder.decode(h.raw_value)
-            : '';
-      const name = h.key.toLowerCase();
-      // Envoy joins repeated headers with commas in the `headers` map; do the same here.
-      const prev = headers.get(name);
-      headers.set(name, prev === undefined ? value : `${prev},${value}`);
-    }
-  }
-  return {
-    method: typeof http?.method === 'string' ? http.method : undefined,
-    path: typeof http?.path === 'string' ? http.path : undefined,
-    headers,
-    id: typeof http?.id === 'string' ? http.id : undefined,
-  };
 }
 
 function rateLimitHeaders(info: RateLimitInfo | null, retryAfterS: number | null): HeaderValueOption[] {

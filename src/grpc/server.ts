@@ -5,15 +5,13 @@ import { deny } from '../core/decide.js';
 import { toCheckInput } from '../core/request.js';
 import type { Logger } from '../logger.js';
 import type { CheckService } from '../service/check-service.js';
-import {
-  fromCheckRequest,
-  toCheckResponse,
-  type CheckRequestMessage,
-  type CheckResponseMessage,
-} from './check-mapping.js';
+import type { RawHttpRequest } from '../core/request.js';
+import { toCheckResponse, type CheckResponseMessage } from './check-mapping.js';
+import { createCheckRequestDecoder } from './check-request-decoder.js';
+import { createCheckResponseEncoder } from './check-response-encoder.js';
 import { authorizationService } from './protos.js';
 
-// The thin gRPC edge: decode (proto-loader), map to plain input, ask the CheckService, map back.
+// The thin gRPC edge: decode (only the fields used), map to plain input, ask the CheckService, map back.
 // A request that cannot be judged is answered with a 400 deny, never a gRPC error: Envoy would otherwise
 // apply failure_mode_allow to a client's malformed request.
 
@@ -43,11 +41,11 @@ function deadlineOf(call: grpc.ServerUnaryCall<unknown, unknown>): number {
 export function createCheckHandler(
   checkService: CheckService,
   logger: Logger,
-): grpc.handleUnaryCall<CheckRequestMessage, CheckResponseMessage> {
+): grpc.handleUnaryCall<RawHttpRequest, CheckResponseMessage> {
   return (call, callback) => {
     let requestId = '';
     try {
-      const parsed = toCheckInput(fromCheckRequest(call.request), randomUUID);
+      const parsed = toCheckInput(call.request, randomUUID);
       requestId = parsed.ok ? parsed.input.requestId : parsed.requestId;
       if (!parsed.ok) {
         logger.debug({ requestId, reason: parsed.reason }, 'malformed CheckRequest denied');
@@ -80,6 +78,20 @@ export function createCheckHandler(
   };
 }
 
+/**
+ * The Authorization service as the server registers it: Envoy's definition, with the Check's request
+ * deserializer replaced by the selective decoder (the handler receives the RawHttpRequest directly) and its
+ * response serializer by the hand-written encoder.
+ */
+function checkServiceDefinition(): grpc.ServiceDefinition {
+  const full = authorizationService().service;
+  const check = full.Check;
+  if (check === undefined) throw new Error('Authorization service has no Check method');
+  const decode = createCheckRequestDecoder();
+  const encode = createCheckResponseEncoder();
+  return { ...full, Check: { ...check, requestDeserialize: decode, responseSerialize: encode } };
+}
+
 export async function startGrpcServer(
   deps: GrpcServerDeps,
   host: string,
@@ -90,8 +102,11 @@ export async function startGrpcServer(
     'grpc.keepalive_time_ms': 60_000,
     'grpc.keepalive_timeout_ms': 20_000,
     'grpc.max_receive_message_length': 4 * 1024 * 1024,
+    // channelz (per-call counters and traces for a channelz admin service, which this server does not
+    // expose) allocated on every call: 3% of the Check's allocations under load.
+    'grpc.enable_channelz': 0,
   });
-  server.addService(authorizationService().service, {
+  server.addService(checkServiceDefinition(), {
     Check: createCheckHandler(deps.checkService, deps.logger),
   });
   const health = new HealthImplementation({ '': 'NOT_SERVING', [AUTH_SERVICE_NAME]: 'NOT_SERVING' });

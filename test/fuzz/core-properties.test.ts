@@ -17,7 +17,9 @@ import { EndpointMatcher, MAX_PATH_LENGTH, normalizePath } from '../../src/core/
 import { periodFor } from '../../src/core/period.js';
 import { extractKey, MAX_API_KEY_LENGTH, toCheckInput, type CheckInput } from '../../src/core/request.js';
 import type { ResolvedKey, Tier } from '../../src/core/types.js';
-import { fromCheckRequest, type CheckRequestMessage } from '../../src/grpc/check-mapping.js';
+import { createCheckRequestDecoder } from '../../src/grpc/check-request-decoder.js';
+import { authorizationService } from '../../src/grpc/protos.js';
+import { fromCheckRequest, type CheckRequestMessage } from '../helpers/full-check-request.js';
 import { resolved, tenant } from '../helpers/fixtures.js';
 
 const RUNS = Number(process.env.FAST_CHECK_RUNS ?? 300);
@@ -230,23 +232,53 @@ const checkRequest = fc.oneof(
   httpAttrs.map((http) => ({ attributes: { request: { http } } })),
 );
 
+/** What toCheckInput may pass on, whatever it was given. */
+function expectBoundedInput(raw: ReturnType<typeof fromCheckRequest>): void {
+  const result = toCheckInput(raw, () => 'fallback-id');
+  const requestId = result.ok ? result.input.requestId : result.requestId;
+  expect(requestId).toMatch(/^[\x21-\x7e]{1,128}$/);
+  if (!result.ok) return;
+  const { input } = result;
+  expect(input.method).toMatch(/^[A-Z][A-Z0-9_-]{0,31}$/);
+  expect(input.path.length).toBeLessThanOrEqual(MAX_PATH_LENGTH * 3);
+  if (input.key.kind === 'present') {
+    expect(input.key.key).toMatch(/^[\x21-\x7e]+$/);
+    expect(input.key.key.length).toBeLessThanOrEqual(MAX_API_KEY_LENGTH);
+  }
+}
+
 describe('CheckRequest → CheckInput', () => {
+  // The properties below feed decoded messages (the reference mapping, junk values included) to the core;
+  // this one feeds bytes to the decoder the server runs.
+  it("the server's decoder, on any bytes, either refuses them cleanly or yields only bounded, printable values", () => {
+    const decode = createCheckRequestDecoder();
+    const serialize = authorizationService().service.Check!.requestSerialize;
+    const encoded = httpAttrs.chain((http) => {
+      try {
+        return fc.constant(new Uint8Array(serialize({ attributes: { request: { http } } })));
+      } catch {
+        return fc.constant(new Uint8Array(0)); // junk values protobufjs refuses to encode
+      }
+    });
+    const bytes = fc.oneof(fc.uint8Array({ maxLength: 300 }), encoded, encoded.chain((b) => fc.nat(b.length).map((n) => b.subarray(0, n))));
+    fc.assert(
+      fc.property(bytes, (b) => {
+        let raw: ReturnType<typeof decode>;
+        try {
+          raw = decode(Buffer.from(b));
+        } catch (err) {
+          expect((err as Error).message).toMatch(/^CheckRequest is malformed/);
+          return;
+        }
+        expectBoundedInput(raw);
+      }),
+      params,
+    );
+  });
+
   it('never throws, and passes on only bounded, printable values', () => {
     fc.assert(
-      fc.property(checkRequest, (req) => {
-        const raw = fromCheckRequest(req as CheckRequestMessage);
-        const result = toCheckInput(raw, () => 'fallback-id');
-        const requestId = result.ok ? result.input.requestId : result.requestId;
-        expect(requestId).toMatch(/^[\x21-\x7e]{1,128}$/);
-        if (!result.ok) return;
-        const { input } = result;
-        expect(input.method).toMatch(/^[A-Z][A-Z0-9_-]{0,31}$/);
-        expect(input.path.length).toBeLessThanOrEqual(MAX_PATH_LENGTH * 3);
-        if (input.key.kind === 'present') {
-          expect(input.key.key).toMatch(/^[\x21-\x7e]+$/);
-          expect(input.key.key.length).toBeLessThanOrEqual(MAX_API_KEY_LENGTH);
-        }
-      }),
+      fc.property(checkRequest, (req) => expectBoundedInput(fromCheckRequest(req as CheckRequestMessage))),
       params,
     );
   });

@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { deny, type Allow } from '../../src/core/decide.js';
-import { fromCheckRequest, toCheckResponse } from '../../src/grpc/check-mapping.js';
+import { toCheckResponse } from '../../src/grpc/check-mapping.js';
+import { fromCheckRequest } from '../helpers/full-check-request.js';
 
 describe('fromCheckRequest', () => {
   it('reads method, path, id and lower-cased headers', () => {

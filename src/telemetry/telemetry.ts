@@ -9,10 +9,8 @@
 // - `createTelemetry()`: a private MeterProvider (and optionally a tracer over a given span exporter), not
 //   registered globally, so several apps in one process (tests) each get their own /metrics.
 import { metrics as metricsApi, trace, type Meter, type Tracer } from '@opentelemetry/api';
-import { OTLPMetricExporter } from '@opentelemetry/exporter-metrics-otlp-http';
 import { PrometheusExporter, PrometheusSerializer } from '@opentelemetry/exporter-prometheus';
-import { OTLPTraceExporter } from '@opentelemetry/exporter-trace-otlp-http';
-import { resourceFromAttributes } from '@opentelemetry/resources';
+import { detectResources, envDetector, hostDetector, processDetector, resourceFromAttributes, type Resource } from '@opentelemetry/resources';
 import { MeterProvider, PeriodicExportingMetricReader } from '@opentelemetry/sdk-metrics';
 import type { NodeSDKConfiguration } from '@opentelemetry/sdk-node';
 import {
@@ -57,13 +55,19 @@ function once(fn: () => Promise<void>): () => Promise<void> {
 
 export interface CreateTelemetryOptions {
   readonly serviceName?: string;
+  /**
+   * Resource attributes besides the service name (`target_info` on /metrics). The server passes what the
+   * NodeSDK would detect: OTEL_RESOURCE_ATTRIBUTES, host and process. Tests leave it out.
+   */
+  readonly detectedResource?: Resource;
   /** Spans of every Check go here (tests use an InMemorySpanExporter). */
   readonly spanExporter?: SpanExporter;
 }
 
 /** A private (not global) provider: metrics for /metrics, and spans only if an exporter is given. */
 export function createTelemetry(opts: CreateTelemetryOptions = {}): Telemetry {
-  const resource = resourceFromAttributes({ [ATTR_SERVICE_NAME]: opts.serviceName ?? 'usage-limiter' });
+  const named = resourceFromAttributes({ [ATTR_SERVICE_NAME]: opts.serviceName ?? 'usage-limiter' });
+  const resource = opts.detectedResource ? opts.detectedResource.merge(named) : named;
   const prom = prometheusReader();
   const meterProvider = new MeterProvider({ resource, readers: [prom.exporter] });
   const tracerProvider = opts.spanExporter
@@ -92,8 +96,17 @@ export function installedTelemetry(): Telemetry | null {
  */
 export async function startGlobalTelemetry(settings: TelemetrySettings): Promise<Telemetry> {
   if (installed) return installed;
+  // With nothing exported over OTLP (the default), /metrics needs only a private MeterProvider: the
+  // NodeSDK, the OTLP exporters and their generated protobuf code are then never loaded (about 8 MB of
+  // the server's live heap, and start-up time).
   if (settings.disabled) {
     installed = createTelemetry({ serviceName: settings.serviceName });
+    return installed;
+  }
+  if (!settings.otlpMetrics && !settings.otlpTraces) {
+    // The same resource the NodeSDK would build, so target_info keeps its attributes.
+    const detectedResource = detectResources({ detectors: [envDetector, hostDetector, processDetector] });
+    installed = createTelemetry({ serviceName: settings.serviceName, detectedResource });
     return installed;
   }
   const prom = prometheusReader();
@@ -101,6 +114,7 @@ export async function startGlobalTelemetry(settings: TelemetrySettings): Promise
   type Reader = NonNullable<NodeSDKConfiguration['metricReaders']>[number];
   const readers: Reader[] = [prom.exporter as unknown as Reader];
   if (settings.otlpMetrics) {
+    const { OTLPMetricExporter } = await import('@opentelemetry/exporter-metrics-otlp-http');
     readers.push(
       new PeriodicExportingMetricReader({
         exporter: new OTLPMetricExporter() as unknown as ConstructorParameters<typeof PeriodicExportingMetricReader>[0]['exporter'],
@@ -108,7 +122,9 @@ export async function startGlobalTelemetry(settings: TelemetrySettings): Promise
       }) as unknown as Reader,
     );
   }
-  const spanProcessors: SpanProcessor[] = settings.otlpTraces ? [new BatchSpanProcessor(new OTLPTraceExporter())] : [];
+  const spanProcessors: SpanProcessor[] = settings.otlpTraces
+    ? [new BatchSpanProcessor(new (await import('@opentelemetry/exporter-trace-otlp-http')).OTLPTraceExporter())]
+    : [];
   const instrumentations = settings.otlpTraces ? await loadInstrumentations() : [];
 
   const { NodeSDK } = await import('@opentelemetry/sdk-node');

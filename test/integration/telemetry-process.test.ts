@@ -110,3 +110,33 @@ describe.skipIf(!services)('telemetry in the real process (OTLP)', () => {
     expect(text).toContain('service_name="usage-limiter-test"');
   });
 });
+
+describe.skipIf(!services)('telemetry in the real process without OTLP', () => {
+  let db: { url: string; drop: () => Promise<void> };
+  let server: ServerProcess;
+
+  beforeAll(async () => {
+    db = await createTestDatabase('otel_off');
+    server = await startServerProcess({
+      DATABASE_URL: db.url,
+      APPLY_ON_START: TENANTS,
+      OTEL_SERVICE_NAME: 'usage-limiter-plain',
+      OTEL_RESOURCE_ATTRIBUTES: 'deployment.environment=staging,team=billing',
+    });
+  });
+
+  afterAll(async () => {
+    expect(await server?.terminate()).toBe(0);
+    await db?.drop();
+  });
+
+  it('describes the process in target_info as the SDK would (service, OTEL_RESOURCE_ATTRIBUTES, host, process)', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${server.httpPort}/metrics`)).text();
+    const info = text.split('\n').find((l) => l.startsWith('target_info{')) ?? '';
+    expect(info).toContain('service_name="usage-limiter-plain"');
+    expect(info).toContain('deployment_environment="staging"');
+    expect(info).toContain('team="billing"');
+    expect(info).toMatch(/host_name="[^"]+"/);
+    expect(info).toMatch(/process_pid="\d+"/);
+  });
+});

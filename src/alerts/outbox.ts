@@ -4,7 +4,7 @@
 // the same row at once and a replica that dies mid-send leaves it to another after the lease.
 import { createHash } from 'node:crypto';
 import { and, eq, inArray, isNotNull, isNull, lte, sql } from 'drizzle-orm';
-import type { DatabaseHandle } from '../db/client.js';
+import { withDeadlines, type DatabaseHandle } from '../db/client.js';
 import { alertOutbox, tenants } from '../db/schema.js';
 import type { Alert, AlertPayload, AlertTarget } from './types.js';
 
@@ -64,7 +64,7 @@ export function createOutbox(handle: DatabaseHandle, opts: OutboxOptions): Outbo
     return new Map(rows.flatMap((r) => (r.url ? [[r.id, r.url] as const] : [])));
   }
 
-  return {
+  const outbox: Outbox = {
     async enqueue(alerts) {
       if (alerts.length === 0) return 0;
       const withUrl = opts.tenantTargets ? await tenantsWithUrls(alerts.map((a) => a.tenantId)) : new Map<string, string>();
@@ -143,4 +143,9 @@ export function createOutbox(handle: DatabaseHandle, opts: OutboxOptions): Outbo
       return Number(rows[0]?.n ?? 0);
     },
   };
+  // The queue writes and the dispatcher claims one round at a time: a call the driver never settles would
+  // stop alerting for good. Past the deadline the call fails and is retried, which is safe: a re-written
+  // batch conflicts on its dedupe keys, and a claimed row whose round was given up is due again once its
+  // lease ends.
+  return withDeadlines(outbox, ['enqueue', 'claim', 'markDelivered', 'markFailed', 'giveUp', 'backlog'], handle.deadlineMs, 'alert outbox');
 }

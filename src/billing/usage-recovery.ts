@@ -13,7 +13,7 @@
 // What had settled in Redis but was not reported yet (at most one reporting interval) is lost with it.
 import type { Period } from '../core/period.js';
 import type { ResolvedKey } from '../core/types.js';
-import type { AppDatabase } from '../db/client.js';
+import { deadlineFor, type AppDatabase } from '../db/client.js';
 import type { Logger } from '../logger.js';
 import type { CounterStore } from '../store/types.js';
 import { describeStripeError, type MeterSummaries } from './stripe-client.js';
@@ -27,6 +27,12 @@ export interface UsageRecoveryDeps {
   readonly eventName: (endpoint: string) => string;
   readonly now: () => number;
   readonly logger: Logger;
+  /**
+   * Client-side deadline on each Postgres call (the handle's `deadlineMs`). A rebuild is shared by every Check
+   * of its tenant and period: one query the driver never settled would leave them all on the failure policy
+   * until a restart.
+   */
+  readonly deadlineMs?: number;
 }
 
 export interface RebuiltUsage {
@@ -83,11 +89,12 @@ export function createUsageRecovery(deps: UsageRecoveryDeps): RecoverUsage {
   // One rebuild per tenant and period at a time in this process; other replicas may rebuild too, and the
   // store's conditional restore keeps the first.
   const inFlight = new Map<string, Promise<void>>();
+  const bounded = deadlineFor(deps.deadlineMs, 'usage rebuild');
 
   async function rebuild(key: ResolvedKey, period: Period): Promise<void> {
     const { db, store, summaries, logger, now } = deps;
     const tenantId = key.tenant.id;
-    const postgres = await reportedUsage(db, tenantId, period.label);
+    const postgres = await bounded(reportedUsage(db, tenantId, period.label), 'reported usage');
     const endpoints = [...new Set([...Object.keys(key.tier.monthlyQuota.endpoints), ...postgres.keys()])];
     const customer = key.tenant.stripeCustomerId;
     const askStripe = summaries !== null && customer !== null && postgres.size > 0;
@@ -114,7 +121,7 @@ export function createUsageRecovery(deps: UsageRecoveryDeps): RecoverUsage {
     const combined = combineUsage(postgres, endpoints, stripeByEvent, deps.eventName);
     // Before the counters exist again: once they do, the reporter would send these units a second time.
     for (const [endpoint, units] of Object.entries(combined.raisedByStripe)) {
-      await raiseReported(db, { tenantId, endpoint, period: period.label }, units);
+      await bounded(raiseReported(db, { tenantId, endpoint, period: period.label }, units), 'raise reported');
     }
     const restored = await store.restoreUsage(tenantId, period.label, combined, period.endMs, now());
     const fromPostgres = [...postgres.values()].reduce((a, b) => a + b, 0);

@@ -10,7 +10,7 @@
 // duplicate error, which counts as delivered. Sending is retried with exponential backoff and jitter on
 // connection errors, timeouts, 429 and 5xx; what still fails stays pending for the next run.
 import { periodFor, type Period } from '../core/period.js';
-import type { AppDatabase } from '../db/client.js';
+import { deadlineFor, type AppDatabase } from '../db/client.js';
 import type { Logger } from '../logger.js';
 import type { CounterStore } from '../store/types.js';
 import { meterEventIdentifier, meterEventTimestamp } from './report-identity.js';
@@ -48,6 +48,12 @@ export interface UsageReporterDeps {
   readonly retry?: RetryPolicy;
   /** Bound on the final flush at shutdown. Default 10 s. */
   readonly finalFlushMs?: number;
+  /**
+   * Client-side deadline on each Postgres call (the handle's `deadlineMs`): a run waits for the one before,
+   * so a query the driver never settles would otherwise stop reporting for good. A call past it fails the
+   * tenant's turn like any database error; its batch stays pending and goes out under its identifier next run.
+   */
+  readonly deadlineMs?: number;
 }
 
 export interface ReporterStats {
@@ -104,8 +110,12 @@ export class UsageReporter {
   private stopped = false;
   private readonly retry: RetryPolicy;
 
+  /** A Postgres call, bounded by `deadlineMs` when set. */
+  private readonly pg: <T>(p: Promise<T>, step: string) => Promise<T>;
+
   constructor(private readonly deps: UsageReporterDeps) {
     this.retry = deps.retry ?? DEFAULT_RETRY;
+    this.pg = deadlineFor(deps.deadlineMs, 'usage reporter');
   }
 
   /** Runs a flush now (pending batches from a previous crash go first), then every interval. */
@@ -164,10 +174,10 @@ export class UsageReporter {
     const { db, now, logger } = this.deps;
     const nowMs = now();
     const tenants = new Map<string, BillableTenant>();
-    for (const t of await billableTenants(db)) tenants.set(t.id, t);
+    for (const t of await this.pg(billableTenants(db), 'billable tenants')) tenants.set(t.id, t);
     // Periods with a batch in flight are revisited even if they are old or the tenant is no longer billable.
     const inFlight = new Map<string, Set<string>>();
-    for (const r of await pendingRows(db)) {
+    for (const r of await this.pg(pendingRows(db), 'pending rows')) {
       const set = inFlight.get(r.tenantId) ?? new Set<string>();
       set.add(r.period);
       inFlight.set(r.tenantId, set);
@@ -194,7 +204,10 @@ export class UsageReporter {
         }
       }
     };
-    await Promise.all(Array.from({ length: Math.min(TENANT_CONCURRENCY, tenantIds.length) }, worker));
+    // Every worker finishes before the run ends, even when one failed: the next run must not start while a
+    // tenant of this one is still being reported (the tenant locks are re-entrant within this process).
+    const ended = await Promise.allSettled(Array.from({ length: Math.min(TENANT_CONCURRENCY, tenantIds.length) }, worker));
+    for (const e of ended) if (e.status === 'rejected') throw e.reason;
 
     this.stats.flushes++;
     this.stats.lastFlushAtMs = nowMs;
@@ -212,9 +225,15 @@ export class UsageReporter {
   ): Promise<{ batches: number; units: number; failures: number; skipped: boolean; stripeDown: boolean }> {
     const out = { batches: 0, units: 0, failures: 0, skipped: false, stripeDown: false };
     const { locks, logger } = this.deps;
-    if (!(await locks.tryLock(tenantId))) return { ...out, skipped: true };
+    const locking = locks.tryLock(tenantId);
+    const locked = await this.pg(locking, 'tenant lock').catch((err: unknown) => {
+      // Past the deadline the lock may still be taken on the server: give it back if it is.
+      void locking.then((ok) => (ok ? locks.unlock(tenantId) : undefined)).catch(() => {});
+      throw err;
+    });
+    if (!locked) return { ...out, skipped: true };
     try {
-      const customer = tenant?.stripeCustomerId ?? (await customerOf(this.deps.db, tenantId));
+      const customer = tenant?.stripeCustomerId ?? (await this.pg(customerOf(this.deps.db, tenantId), 'customer'));
       if (customer === null) {
         logger.warn({ event: 'usage.report_failed', tenantId, reason: 'no Stripe customer' }, 'a pending usage batch has no customer to bill');
         return out;
@@ -236,7 +255,7 @@ export class UsageReporter {
       }
       return out;
     } finally {
-      await locks.unlock(tenantId).catch(() => {});
+      await this.pg(locks.unlock(tenantId), 'tenant unlock').catch(() => {});
     }
   }
 
@@ -262,7 +281,7 @@ export class UsageReporter {
     const { db, store } = this.deps;
     const out = { batches: 0, units: 0, failures: 0 };
     const rows = new Map<string, ReportRow>();
-    for (const r of await rowsFor(db, tenantId, period.label)) rows.set(r.endpoint, r);
+    for (const r of await this.pg(rowsFor(db, tenantId, period.label), 'report rows')) rows.set(r.endpoint, r);
 
     // 1. What was recorded but not confirmed goes first, under its own identifier.
     for (const row of rows.values()) {
@@ -272,7 +291,7 @@ export class UsageReporter {
         out.failures++;
         continue;
       }
-      if (await confirmBatch(db, { tenantId, endpoint: row.endpoint, period: period.label, identifier: row.pending.identifier })) {
+      if (await this.pg(confirmBatch(db, { tenantId, endpoint: row.endpoint, period: period.label, identifier: row.pending.identifier }), 'confirm batch')) {
         out.batches++;
         out.units += row.pending.units;
       }
@@ -297,21 +316,16 @@ export class UsageReporter {
       }
       if (delta === 0) continue;
       const identifier = meterEventIdentifier(tenantId, endpoint, period.label, reported, s.settled);
-      const started = await startBatch(db, {
-        tenantId,
-        endpoint,
-        period: period.label,
-        fromUnits: reported,
-        units: delta,
-        identifier,
-        atMs: nowMs,
-      });
+      const started = await this.pg(
+        startBatch(db, { tenantId, endpoint, period: period.label, fromUnits: reported, units: delta, identifier, atMs: nowMs }),
+        'start batch',
+      );
       if (!started) continue; // another reporter moved the row: its batch, its turn
       if (!(await this.deliver(tenantId, customer, period, endpoint, identifier, delta, nowMs))) {
         out.failures++;
         continue;
       }
-      if (await confirmBatch(db, { tenantId, endpoint, period: period.label, identifier })) {
+      if (await this.pg(confirmBatch(db, { tenantId, endpoint, period: period.label, identifier }), 'confirm batch')) {
         out.batches++;
         out.units += delta;
       }

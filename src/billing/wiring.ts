@@ -66,6 +66,7 @@ export function reporterFromConfig(deps: UsageBillingDeps, stripe: Stripe): Usag
     eventName: (endpoint) => eventNameFor(endpoint, config.stripeMeters, config.stripeMeterEvent),
     intervalMs: config.usageReportIntervalMs,
     finalFlushMs: config.shutdownGraceMs,
+    deadlineMs: deps.database.deadlineMs,
     ...(deps.retry ? { retry: deps.retry } : {}),
   });
 }
@@ -83,6 +84,7 @@ export function createUsageBilling(deps: UsageBillingDeps): UsageBilling {
     eventName,
     now,
     logger,
+    deadlineMs: database.deadlineMs,
   });
   const routes = stripeWebhookRoute({
     db: database.db,

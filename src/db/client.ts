@@ -26,6 +26,14 @@ export interface DatabaseHandle {
   /** Throws (AppError DatabaseError, retryable) when the database does not answer `select 1` in time. */
   ping(): Promise<void>;
   close(): Promise<void>;
+  /**
+   * How long a caller waits for one statement before giving up on it client-side: the statement timeout,
+   * plus the connect timeout, plus a second. The server-side limits bound a query that runs; this bounds one
+   * that the driver never settles at all (postgres.js leaves some queries issued just after the server died
+   * pending forever, even once it is back; a half-open TCP connection does the same). Background loops that
+   * run one round at a time put it on every call, so one lost promise cannot stop them for good.
+   */
+  readonly deadlineMs: number;
 }
 
 export interface OpenDatabaseOptions {
@@ -83,6 +91,7 @@ function openPostgres(
   connectTimeoutSeconds: number,
   pingTimeoutMs: number,
 ): DatabaseHandle {
+  const statementTimeoutMs = opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS;
   const client = postgres(url, {
     max: opts.poolSize ?? DEFAULT_POOL_SIZE,
     connect_timeout: connectTimeoutSeconds,
@@ -92,7 +101,7 @@ function openPostgres(
     connection: {
       application_name: 'usage-limiter',
       // Server-side limits, so a lock queue or a runaway query cannot hold a caller (or a connection) forever.
-      statement_timeout: opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS,
+      statement_timeout: statementTimeoutMs,
       idle_in_transaction_session_timeout: 60_000,
     },
   });
@@ -102,6 +111,8 @@ function openPostgres(
     kind: 'postgres',
     ping: () => pingWith(db, pingTimeoutMs),
     close: () => client.end({ timeout: 5 }),
+    // statement_timeout 0 means none; the client-side deadline still applies, from the default.
+    deadlineMs: (statementTimeoutMs || DEFAULT_STATEMENT_TIMEOUT_MS) + connectTimeoutSeconds * 1000 + 1_000,
   };
 }
 
@@ -115,6 +126,8 @@ async function openPglite(dataDir: string, logger: Logger | undefined, pingTimeo
     db,
     kind: 'pglite',
     ping: () => pingWith(db, pingTimeoutMs),
+    // In-process: nothing can be lost on a network, but a stuck call must not stop a loop either.
+    deadlineMs: DEFAULT_STATEMENT_TIMEOUT_MS + 1_000,
     close: async () => {
       // PGlite throws on a second close; callers' shutdown paths may well call it twice.
       if (closed) return;
@@ -143,4 +156,28 @@ export function withTimeout<T>(promise: PromiseLike<T>, ms: number, what: string
     timer.unref();
   });
   return Promise.race([Promise.resolve(promise), timeout]).finally(() => clearTimeout(timer));
+}
+
+/**
+ * `withTimeout` for callers whose deadline is optional (`deadlineMs` in their deps): the bound function
+ * applies it to each call, naming the step, or hands the promise back unchanged when there is none.
+ */
+export function deadlineFor(ms: number | undefined, what: string): <T>(p: Promise<T>, step: string) => Promise<T> {
+  return (p, step) => (ms === undefined ? p : withTimeout(p, ms, `${what}: ${step}`));
+}
+
+type AsyncMethodNames<T> = { [K in keyof T]-?: T[K] extends ((...args: never[]) => Promise<unknown>) | undefined ? K : never }[keyof T];
+
+/**
+ * A copy of `target` whose named async methods reject after `ms` (see `withTimeout`): for stores that a
+ * one-round-at-a-time loop calls, where a promise that never settles would stop the loop for good.
+ */
+export function withDeadlines<T extends object>(target: T, methods: readonly AsyncMethodNames<T>[], ms: number, what: string): T {
+  const out: T = { ...target };
+  for (const name of methods) {
+    const fn = target[name] as ((...args: unknown[]) => Promise<unknown>) | undefined;
+    if (typeof fn !== 'function') continue;
+    (out as Record<PropertyKey, unknown>)[name] = (...args: unknown[]) => withTimeout(fn.apply(target, args), ms, `${what} ${String(name)}`);
+  }
+  return out;
 }

@@ -1,7 +1,7 @@
 // TenantDirectory over the drizzle handle (Postgres or PGlite). Called by the KeyCache off the hot path, so it
 // favours one round trip per batch over anything clever.
 import { desc, eq, inArray } from 'drizzle-orm';
-import type { DatabaseHandle } from '../db/client.js';
+import { withDeadlines, type DatabaseHandle } from '../db/client.js';
 import { apiKeys, directoryVersion, tenants, tiers, type ApiKeyRow, type TenantRow, type TierRow } from '../db/schema.js';
 import type { ResolvedKey, Tenant, Tier } from '../core/types.js';
 import type { TenantDirectory } from './types.js';
@@ -58,7 +58,7 @@ export function createPgDirectory(handle: DatabaseHandle, opts: PgDirectoryOptio
     }
     return out;
   };
-  return {
+  const directory: TenantDirectory = {
     async resolveMany(keyHashes) {
       const unique = [...new Set(keyHashes)];
       if (unique.length === 0) return new Map();
@@ -83,6 +83,10 @@ export function createPgDirectory(handle: DatabaseHandle, opts: PgDirectoryOptio
       if (opts.closeHandle) await handle.close();
     },
   };
+  // The key cache runs one version poll at a time and shares one load per key: a lookup the driver never
+  // settles would freeze the cache (revocations never applied, a new key never loadable). With a deadline
+  // the poll or load fails, is logged, and the next one tries again.
+  return withDeadlines(directory, ['resolveMany', 'resolveAll', 'version'], handle.deadlineMs, 'directory');
 }
 
 /** A tenant and its tier by tenant id (GET /v1/usage behind Envoy, which identifies the tenant, not the key). */

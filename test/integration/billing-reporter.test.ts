@@ -5,9 +5,11 @@ import { Redis } from 'ioredis';
 import postgres from 'postgres';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { reporterFromConfig } from '../../src/billing/wiring.js';
-import { createStripeClient } from '../../src/billing/stripe-client.js';
 import { loadConfig } from '../../src/config/env.js';
-import type { UsageReporter } from '../../src/billing/usage-reporter.js';
+import { UsageReporter } from '../../src/billing/usage-reporter.js';
+import { eventNameFor } from '../../src/billing/report-identity.js';
+import { createStripeClient, stripeMeterEvents } from '../../src/billing/stripe-client.js';
+import { createTenantLocks } from '../../src/billing/tenant-locks.js';
 import { settlementHorizon } from '../../src/store/keys.js';
 import { AccessLogClient, entryFor } from '../helpers/access-log-client.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
@@ -181,6 +183,37 @@ describe.skipIf(!services)('usage reporter', () => {
     expect(stripe.accepted.length).toBe(before);
     expect(h.logs.records().length).toBeGreaterThan(0);
     expect(reporterWarnings.some((w) => w.event === 'usage.report_ahead' && w.tenantId === 'bill_A' && w.settled === 1 && w.reported === 8)).toBe(true);
+  });
+
+  it('gives up on a Postgres call that never answers at its deadline, and the next run reports', async () => {
+    // A reporter whose first tenant-lock query is lost by the driver (as postgres.js loses queries issued
+    // just after Postgres died): without a deadline its run, and every run queued behind it, would wait forever.
+    const config = loadConfig({ STRIPE_SECRET_KEY: 'sk_test_reporter', GRPC_PORT: '0', HTTP_PORT: '0', REDIS_URL: TEST_REDIS_URL });
+    const locks = createTenantLocks(h.app.database);
+    let lost = 0;
+    const lossy = new UsageReporter({
+      db: h.app.database.db,
+      store: h.app.store,
+      sink: stripeMeterEvents(createStripeClient({ secretKey: 'sk_test_reporter', apiBase: stripe.url, timeoutMs: 300 })),
+      locks: { ...locks, tryLock: (id) => (id === 'bill_D' && lost++ === 0 ? new Promise<boolean>(() => {}) : locks.tryLock(id)) },
+      now: () => h.clock.now,
+      logger: createQuietLogger(),
+      eventName: (endpoint) => eventNameFor(endpoint, config.stripeMeters, config.stripeMeterEvent),
+      intervalMs: 3_600_000,
+      deadlineMs: 2_000,
+    });
+    try {
+      await h.checkHttp({ key: 'vk_test_BILL_D_0001', method: 'POST', path: '/verify', requestId: `rep-${++seq}` });
+      h.clock.now += settlementHorizon(WINDOW_MS);
+      const started = performance.now();
+      await expect(lossy.flush()).rejects.toThrow(/usage reporter: tenant lock timed out after 2000 ms/);
+      expect(performance.now() - started).toBeLessThan(10_000);
+      expect(billed('cus_D')).toBe(0);
+      await lossy.flush();
+      expect(billed('cus_D')).toBe(1);
+    } finally {
+      await lossy.close();
+    }
   });
 });
 

@@ -95,6 +95,11 @@ export function registerMetrics(meter: Meter, s: MetricsSources): CheckMetrics {
     })
     .addCallback((r) => r.observe(s.checkService.stats.storeErrors));
   meter
+    .createObservableCounter('usage_limiter_checks_shed', {
+      description: 'Checks whose deadline had passed when they needed Redis or Postgres, answered without asking (load shedding).',
+    })
+    .addCallback((r) => r.observe(s.checkService.stats.shed));
+  meter
     .createObservableCounter('usage_limiter_directory_errors', {
       description: 'Directory (Postgres) lookups that failed or timed out during a Check (DatabaseError).',
     })

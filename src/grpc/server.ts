@@ -53,7 +53,8 @@ export function createCheckHandler(
         return;
       }
       const input = parsed.input;
-      const deadlineMs = deadlineOf(call);
+      // A call Envoy already gave up on (grpc-js cancels it at its deadline) is shed by the service.
+      const deadlineMs = call.cancelled ? 0 : deadlineOf(call);
       checkService.check(input, deadlineMs).then(
         (decision) => {
           // Past the deadline Envoy has stopped waiting (this server's deadline is a little later than its):

@@ -40,6 +40,8 @@ export interface CheckServiceDeps {
 export interface CheckStats {
   storeErrors: number;
   directoryErrors: number;
+  /** Checks whose deadline had passed before they needed Redis or Postgres: answered without asking. */
+  shed: number;
 }
 
 class TimeoutError extends Error {
@@ -79,7 +81,7 @@ function forPath(d: Deny, path: string): Deny {
 const DEADLINE_MARGIN_MS = 5;
 
 export class CheckService {
-  readonly stats: CheckStats = { storeErrors: 0, directoryErrors: 0 };
+  readonly stats: CheckStats = { storeErrors: 0, directoryErrors: 0, shed: 0 };
   private lastErrorLogMs = 0;
 
   constructor(private readonly deps: CheckServiceDeps) {}
@@ -93,7 +95,9 @@ export class CheckService {
   private async decide(input: CheckInput, deadlineMs: number): Promise<Decision> {
     const { cache, store, now, logger } = this.deps;
     const startedMs = performance.now();
-    const budget = () => Math.min(this.deps.timeoutMs, deadlineMs - now() - DEADLINE_MARGIN_MS);
+    // Envoy's deadline is wall-clock time (grpc-js reads it off grpc-timeout), so it is measured by the wall
+    // clock, not by `now`, the app clock that periods and windows use (pinned in tests).
+    const budget = () => Math.min(this.deps.timeoutMs, deadlineMs - Date.now() - DEADLINE_MARGIN_MS);
 
     let key: ResolvedKey | null = null;
     if (input.key.kind === 'present') {
@@ -102,8 +106,15 @@ export class CheckService {
       if (cached !== undefined) {
         key = cached;
       } else {
+        const loadBudget = budget();
+        if (loadBudget <= 0) {
+          // Still load the key (one batched query shared with any other misses), so that a new key is not
+          // refused for as long as the replica stays behind.
+          void cache.load(hash).catch(() => {});
+          return this.shed(deny('USAGE_CHECK_UNAVAILABLE'));
+        }
         try {
-          key = await withTimeout(cache.load(hash), budget(), 'directory');
+          key = await withTimeout(cache.load(hash), loadBudget, 'directory');
         } catch (err) {
           // Unknown key and no directory: nothing tells us the tenant or its policy, so we cannot admit it.
           this.stats.directoryErrors++;
@@ -118,8 +129,10 @@ export class CheckService {
     const memory = this.deps.denyMemory;
     const remembered = memory?.recall(plan.request, plan.ctx.tier, plan.request.nowMs);
     if (remembered !== undefined) return this.emit(forPath(remembered, plan.ctx.path), startedMs);
+    const storeBudget = budget();
+    if (storeBudget <= 0) return this.shed(storeUnavailable(plan.ctx));
     try {
-      let result = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
+      let result = await withTimeout(store.checkAndReserve(plan.request), storeBudget, 'counter store');
       if (result.usageMissing) result = await this.rebuildAndRetry(plan, key, budget);
       const decidedAt = now();
       const decision = concludeCheck(plan.ctx, result, decidedAt);
@@ -131,6 +144,20 @@ export class CheckService {
       this.cancelReservation(plan.request);
       return this.emit(storeUnavailable(plan.ctx), startedMs);
     }
+  }
+
+  /**
+   * Load shedding. The Check's deadline, less the margin to answer, is gone (it queued behind a stall or an
+   * overload): Envoy has stopped waiting, or is about to. Asking Redis now would reserve a unit only to
+   * release it, two commands for an answer nobody reads, taken from the Checks behind it that can still
+   * make their deadline. So it gets its tier's failure-policy answer (a 503 when its key was not cached, no
+   * tier being known), touches nothing, and is counted apart from decisions and errors
+   * (`usage_limiter_checks_shed`). grpc-js starts the deadline when it parses the request, so time queued in
+   * the kernel's socket buffer is not seen here (README "Performance and scale").
+   */
+  private shed(decision: Decision): Decision {
+    this.stats.shed++;
+    return decision;
   }
 
   private emit(decision: Decision, startedMs: number): Decision {

@@ -18,10 +18,15 @@ const PRO = 'vk_live_PRO_ALMOST_FULL_KEY'; // demo tenant_E_111: /verify 10 a mo
 describe('an allowed Check answered after its deadline', () => {
   const inner = createMemoryStore();
   let stall = false;
+  let stallBefore = '';
+  const asked: string[] = [];
   // The event loop stalls between the store's answer and the reply (GC, a busy machine): the answer is late.
   const store: CounterStore = {
     ...inner,
     checkAndReserve: async (req) => {
+      asked.push(req.requestId);
+      // Or it stalls before the store is asked: the Checks that arrived with this one wait behind it.
+      if (req.requestId === stallBefore) for (const until = Date.now() + 150; Date.now() < until; );
       const result = await inner.checkAndReserve(req);
       if (stall) for (const until = Date.now() + 150; Date.now() < until; );
       return result;
@@ -50,5 +55,31 @@ describe('an allowed Check answered after its deadline', () => {
     expect(late).toBe('DEADLINE_EXCEEDED');
     await new Promise((r) => setTimeout(r, 50));
     expect(await verifyUsed()).toBe(1);
+  });
+
+  it('sheds the Checks whose deadline passed while they waited: no store call, no reservation', async () => {
+    const before = { used: await verifyUsed(), shed: h.app.checkService.stats.shed, storeErrors: h.app.checkService.stats.storeErrors };
+    // Sent together, the four arrive in one read; the first one's stall eats the others' 100 ms.
+    stallBefore = 'first';
+    asked.length = 0;
+    const answers = await Promise.all(
+      ['first', 'second', 'third', 'fourth'].map((id) =>
+        ask(id, 100).then(
+          () => 'answered',
+          (err: grpc.ServiceError) => grpc.status[err.code],
+        ),
+      ),
+    );
+    stallBefore = '';
+    expect(answers).toEqual(['DEADLINE_EXCEEDED', 'DEADLINE_EXCEEDED', 'DEADLINE_EXCEEDED', 'DEADLINE_EXCEEDED']);
+    const shed = h.app.checkService.stats.shed - before.shed;
+    expect(shed).toBeGreaterThan(0);
+    // Only the Checks that were not shed asked the store, and nothing they reserved stands.
+    expect(asked.length).toBe(4 - shed);
+    expect(asked[0]).toBe('first');
+    await new Promise((r) => setTimeout(r, 50));
+    expect(await verifyUsed()).toBe(before.used);
+    // Shedding is not a store failure.
+    expect(h.app.checkService.stats.storeErrors).toBe(before.storeErrors);
   });
 });

@@ -10,9 +10,11 @@
 //
 // Options (env): BENCH_SECONDS (per phase, default 10), BENCH_SOAK_SECONDS (default 0: an extra phase at
 // 50% load sampling RSS every 10 s), BENCH_DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/test),
-// BENCH_REDIS_URL, BENCH_TENANTS (default 10000).
+// BENCH_REDIS_URL, BENCH_TENANTS (default 10000), BENCH_OVERLOAD=0 (skips the overload-then-recovery phases:
+// 150% of the maximum, then 50% right after).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import http from 'node:http';
 import os from 'node:os';
 import path from 'node:path';
 import { Redis } from 'ioredis';
@@ -54,7 +56,7 @@ interface LoadResult {
   sent: number;
   completed: number;
   errors: number;
-  grpcStatus: Record<string, number>;
+  generator: { cpuShare: number; loopDelayP99Ms: number };
   latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number };
 }
 
@@ -132,6 +134,8 @@ async function main(): Promise<void> {
     const grpcPort = await freePort();
     const httpPort = await freePort();
     const profile = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench/results')}`] : [];
+    // BENCH_SERVER_FLAGS: extra node flags for the server process (--trace-gc, --max-semi-space-size=...).
+    profile.push(...(process.env.BENCH_SERVER_FLAGS ?? '').split(' ').filter(Boolean));
     const server = await start(
       'server',
       process.execPath,
@@ -153,7 +157,6 @@ async function main(): Promise<void> {
     const bareCpu0 = cpuSeconds(bare.pid);
     const bareMax = load(`127.0.0.1:${barePort}`, corpusFile, { seconds: SECONDS });
     const bareCpuPerCheckUs = ((cpuSeconds(bare.pid) - bareCpu0) * 1e6) / bareMax.sent;
-    bare.kill('SIGTERM');
 
     log(`usage-limiter, closed loop, ${SECONDS} s`);
     const statsBefore = await commandStats(redis);
@@ -171,11 +174,45 @@ async function main(): Promise<void> {
     const scriptCalls = (cmds.evalsha ?? 0) + (cmds.eval ?? 0);
 
     const latency: Record<string, LoadResult> = {};
+    const bareLatency: Record<string, LoadResult> = {};
+    // Per phase: Checks shed past their deadline, and Redis failures or timeouts (each a failure-policy answer).
+    const counter = async (name: string) => {
+      const line = (await metricsText(httpPort)).split('\n').find((l) => l.startsWith(`${name} `));
+      return line === undefined ? 0 : Number(line.split(' ')[1]);
+    };
+    const overload: Record<string, { shed: number; storeErrors: number }> = {};
     // BENCH_ONLY_MAX=1 (with BENCH_PROFILE=1) keeps the profile to the saturated phase.
     for (const pct of process.env.BENCH_ONLY_MAX === '1' ? [] : [25, 50, 80]) {
+      const rate = (realMax.ratePerSecond * pct) / 100;
       log(`usage-limiter, open loop at ${pct}% of max, ${SECONDS} s`);
-      latency[`${pct}%`] = load(target, corpusFile, { seconds: SECONDS, rate: (realMax.ratePerSecond * pct) / 100 });
+      const [shed0, err0] = [await counter('usage_limiter_checks_shed_total'), await counter('usage_limiter_store_errors_total')];
+      latency[`${pct}%`] = load(target, corpusFile, { seconds: SECONDS, rate });
+      overload[`${pct}%`] = {
+        shed: (await counter('usage_limiter_checks_shed_total')) - shed0,
+        storeErrors: (await counter('usage_limiter_store_errors_total')) - err0,
+      };
+      // The same offered rate against the bare server: the floor this machine and generator put under
+      // every latency figure (scheduling, loopback, the generator's own timer).
+      log(`bare grpc-js server, open loop at the same rate, ${SECONDS} s`);
+      bareLatency[`${pct}%`] = load(`127.0.0.1:${barePort}`, corpusFile, { seconds: SECONDS, rate });
     }
+    // Overload, then recovery: 150% of the maximum for a phase, then 50% at once. A server whose overload is
+    // metastable stays slow in the second phase although the load is back to what it handles (see README).
+    // BENCH_OVERLOAD=0 skips it.
+    const overloadPhases: Record<string, LoadResult & { shed: number; storeErrors: number }> = {};
+    if (process.env.BENCH_ONLY_MAX !== '1' && process.env.BENCH_OVERLOAD !== '0') {
+      for (const [name, pct] of [['150%', 150], ['50% after it', 50]] as const) {
+        log(`usage-limiter, open loop at ${pct}% of max${name === '150%' ? ' (overload)' : ', right after the overload'}, ${SECONDS} s`);
+        const [shed0, err0] = [await counter('usage_limiter_checks_shed_total'), await counter('usage_limiter_store_errors_total')];
+        const r = load(target, corpusFile, { seconds: SECONDS, rate: (realMax.ratePerSecond * pct) / 100 });
+        overloadPhases[name] = {
+          ...r,
+          shed: (await counter('usage_limiter_checks_shed_total')) - shed0,
+          storeErrors: (await counter('usage_limiter_store_errors_total')) - err0,
+        };
+      }
+    }
+    bare.kill('SIGTERM');
     const rssSamples: number[] = [rssMb(server.pid)];
     if (SOAK_SECONDS > 0) {
       log(`soak at 50% for ${SOAK_SECONDS} s`);
@@ -184,7 +221,7 @@ async function main(): Promise<void> {
         rssSamples.push(rssMb(server.pid));
       }
     }
-    const decisions = (await (await fetch(`http://127.0.0.1:${httpPort}/metrics`)).text())
+    const decisions = (await metricsText(httpPort))
       .split('\n')
       .filter((l) => l.startsWith('usage_limiter_check_decisions_total{'));
     await pg.end();
@@ -208,8 +245,15 @@ async function main(): Promise<void> {
       loadAverage: os.loadavg()[0],
       decisions,
       latencyAtOfferedLoad: Object.fromEntries(
-        Object.entries(latency).map(([k, v]) => [k, { offered: v.ratePerSecond, ...v.latencyMs, errors: v.errors }]),
+        Object.entries(latency).map(([k, v]) => [k, { offered: v.ratePerSecond, ...v.latencyMs, errors: v.errors, ...overload[k], generator: v.generator }]),
       ),
+      bareLatencyAtSameLoad: Object.fromEntries(
+        Object.entries(bareLatency).map(([k, v]) => [k, { offered: v.ratePerSecond, ...v.latencyMs, errors: v.errors }]),
+      ),
+      overloadThenRecovery: Object.fromEntries(
+        Object.entries(overloadPhases).map(([k, v]) => [k, { answeredPerSecond: v.ratePerSecond, ...v.latencyMs, errors: v.errors, shed: v.shed, storeErrors: v.storeErrors }]),
+      ),
+      generatorCpuShareAtMax: realMax.generator.cpuShare,
       redis: {
         commands: cmds,
         commandsPerCheck: Number((totalCommands / realMax.sent).toFixed(3)),
@@ -232,8 +276,26 @@ async function main(): Promise<void> {
     await new Promise((r) => setTimeout(r, 500));
     await admin.unsafe(`DROP DATABASE IF EXISTS ${dbName} WITH (FORCE)`);
     await admin.end();
-    rmSync(work, { recursive: true, force: true });
+    if (process.env.BENCH_KEEP_LOGS === '1') log(`logs kept in ${work}`);
+    else rmSync(work, { recursive: true, force: true });
   }
+}
+
+/**
+ * GET /metrics on a fresh connection. (fetch would reuse a kept-alive one, which the server closes while the
+ * synchronous load phases block this process, so the next fetch fails on it.)
+ */
+function metricsText(port: number): Promise<string> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve(body));
+      })
+      .on('error', reject);
+  });
 }
 
 function printSummary(r: Record<string, any>): void {
@@ -241,8 +303,13 @@ function printSummary(r: Record<string, any>): void {
     `Checks/s (closed loop)        ${r.checksPerSecond}   bare grpc-js: ${r.bareChecksPerSecond}   ratio: ${(r.ratioToBare * 100).toFixed(1)}%   (load average ${r.loadAverage.toFixed(1)})`,
     `server CPU per Check          ${r.cpuMicrosPerCheck} µs   bare: ${r.bareCpuMicrosPerCheck} µs   ratio: ${(r.cpuRatioToBare * 100).toFixed(1)}%`,
     `decisions (whole run)         ${(r.decisions as string[]).map((l) => l.replace('usage_limiter_check_decisions_total', '')).join('  ')}`,
-    ...Object.entries(r.latencyAtOfferedLoad as Record<string, any>).map(
-      ([k, v]) => `latency at ${k.padEnd(4)} (${String(v.offered).padStart(5)}/s)  p50 ${v.p50.toFixed(2)} ms  p99 ${v.p99.toFixed(2)} ms  p999 ${v.p999.toFixed(2)} ms`,
+    ...Object.entries(r.latencyAtOfferedLoad as Record<string, any>).map(([k, v]) => {
+      const b = r.bareLatencyAtSameLoad[k];
+      return `latency at ${k.padEnd(4)} (${String(v.offered).padStart(5)}/s)  p50 ${v.p50.toFixed(2)} ms  p99 ${v.p99.toFixed(2)} ms  p999 ${v.p999.toFixed(2)} ms   (bare at the same rate: p50 ${b.p50.toFixed(2)}  p99 ${b.p99.toFixed(2)}  p999 ${b.p999.toFixed(2)})  shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`;
+    }),
+    ...Object.entries(r.overloadThenRecovery as Record<string, any>).map(
+      ([k, v]) =>
+        `overload: ${k.padEnd(13)} answered ${v.answeredPerSecond}/s  p50 ${v.p50?.toFixed(2)} ms  p99 ${v.p99?.toFixed(2)} ms  p999 ${v.p999?.toFixed(2)} ms  shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`,
     ),
     `Redis per Check               ${r.redis.commandsPerCheck} commands, ${r.redis.roundTripsPerCheck} round trips (${r.redis.roundTripsPerRedisCheck} per Check that touches Redis; ${(r.redis.checksTouchingRedis * 100).toFixed(0)}% do)`,
     `Postgres per warm Check       ${r.postgres.transactionsPerCheck} (${r.postgres.transactionsDuringMax} transactions in the max phase)`,

@@ -5,7 +5,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { sendCheck } from '../../src/cli/check-command.js';
 import { BIN, cleanEnv, freePort } from '../helpers/server-process.js';
 
@@ -71,7 +71,8 @@ describe('usage-limiter CLI with embedded defaults', () => {
   it('serves /readyz and keeps API keys out of its log', async () => {
     const ready = await fetch(`http://127.0.0.1:${httpPort}/readyz`);
     expect(ready.status).toBe(200);
-    expect(output).toContain('[billing] GET rate limit exceeded');
+    // The log is written through a buffer flushed every 0.1 s (src/logger.ts): the line arrives shortly.
+    await vi.waitFor(() => expect(output).toContain('[billing] GET rate limit exceeded'), { timeout: 3000, interval: 50 });
     expect(output).not.toContain('vk_live_FREE_PLAN_KEY');
   });
 

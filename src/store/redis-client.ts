@@ -31,10 +31,13 @@ function reconnectDelay(times: number): number {
   return Math.min(50 * 2 ** Math.min(times, 6), MAX_RECONNECT_DELAY_MS);
 }
 
-/** Client options that make failures fast: a Check must never wait on a Redis that is not there. */
-export function redisClientOptions(commandTimeoutMs: number): RedisOptions {
+/**
+ * Client options that make failures fast: a Check must never wait on a Redis that is not there.
+ * `backstopMs` is ioredis's own per-command timer (default `commandTimeoutMs`); see ClientTuning.
+ */
+export function redisClientOptions(commandTimeoutMs: number, backstopMs = commandTimeoutMs): RedisOptions {
   return {
-    commandTimeout: commandTimeoutMs,
+    commandTimeout: backstopMs,
     connectTimeout: Math.max(1_000, commandTimeoutMs * 10),
     // While disconnected, commands fail at once instead of queueing until a reconnect.
     enableOfflineQueue: false,
@@ -56,6 +59,13 @@ export interface ClientTuning {
    * and nothing ever waits in a queue: what a background job that may be stopped at any time needs.
    */
   readonly waitForNodeConnections?: boolean;
+  /**
+   * ioredis's own per-command timer, when the caller bounds its calls itself (the counter store's `run`
+   * does, reading arrived replies first: src/timers.ts). ioredis's timer rejects in the timers phase, before
+   * a reply waiting in the socket is read, so it must fire later than the caller's: it is only a backstop.
+   * Default: `commandTimeoutMs`.
+   */
+  readonly backstopMs?: number;
 }
 
 /**
@@ -65,7 +75,7 @@ export interface ClientTuning {
  */
 export function clusterClientOptions(commandTimeoutMs: number, tuning: ClientTuning = {}): ClusterOptions {
   const { commandTimeout, connectTimeout, maxRetriesPerRequest, autoResendUnfulfilledCommands } =
-    redisClientOptions(commandTimeoutMs);
+    redisClientOptions(commandTimeoutMs, tuning.backstopMs);
   return {
     scaleReads: 'master',
     enableOfflineQueue: tuning.waitForNodeConnections ?? false,
@@ -90,7 +100,7 @@ export function createRedisClient(target: RedisTarget, commandTimeoutMs: number,
       clusterClientOptions(commandTimeoutMs, tuning),
     );
   }
-  return new Redis(target.url, redisClientOptions(commandTimeoutMs));
+  return new Redis(target.url, redisClientOptions(commandTimeoutMs, tuning.backstopMs));
 }
 
 /**

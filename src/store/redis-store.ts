@@ -22,6 +22,7 @@ import {
   parseSettledUsageReply,
   parseUsageHash,
 } from './parse-reply.js';
+import { timeoutAfterPoll } from '../timers.js';
 import { createRedisClient, pingAll, writeCoalescer, type ClusterNode, type RedisClient } from './redis-client.js';
 import { assertValidRestore } from './restore.js';
 import type {
@@ -119,8 +120,8 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
       opts.clusterNodes !== undefined ? { clusterNodes: opts.clusterNodes } : { url: opts.url ?? 'redis://127.0.0.1:6379' },
       timeoutMs,
       // A node connection opened after a failover is waited for (within timeoutMs); `run` below never sends
-      // while the cluster as a whole is down.
-      { waitForNodeConnections: true },
+      // while the cluster as a whole is down. `run` bounds every call; ioredis's timer is a backstop.
+      { waitForNodeConnections: true, backstopMs: timeoutMs * 2 },
     );
   // An 'error' event without a listener kills Node; a dead Redis must only fail calls.
   client.on('error', (err: Error) => opts.onError?.(err));
@@ -164,12 +165,13 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
       }
     }
     let expired = false;
-    let timer: NodeJS.Timeout | undefined;
+    let cancel: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
-      timer = setTimeout(() => {
+      // A reply already in the socket buffer when the timer is due is read first (see timers.ts).
+      cancel = timeoutAfterPoll(timeoutMs, () => {
         expired = true;
         reject(new Error(`Redis ${what} timed out after ${timeoutMs} ms`));
-      }, timeoutMs);
+      });
     });
     const work = (async () => {
       if (client.status !== 'ready') await connected();
@@ -178,7 +180,7 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
     })();
     // Whichever loses the race must not surface as an unhandled rejection.
     work.catch(() => {});
-    return Promise.race([work, deadline]).finally(() => clearTimeout(timer));
+    return Promise.race([work, deadline]).finally(() => cancel?.());
   }
 
   return {

@@ -12,7 +12,16 @@
 //
 //   node bench/loadgen.mjs --target 127.0.0.1:9191 --corpus corpus.bin --seconds 10
 //        [--rate R]          open loop at R requests/s (latency percentiles at a fixed offered load)
-//        [--deadline 200]    the grpc-timeout every request carries, in ms, as Envoy sends it
+//        [--deadline 200]    the grpc-timeout every request carries, in ms, as Envoy sends it; a request
+//                            not answered by then counts as `timedOut` at the deadline (Envoy answers its
+//                            client by failure_mode_allow at that moment) and frees its place in flight
+//        [--reset-at-deadline]  also reset such a stream (RST_STREAM CANCEL), as Envoy does. Off by
+//                            default: Node's HTTP/2 server (nghttp2's rapid-reset guard: a burst of 1000
+//                            resets, then 33/s) answers more with GOAWAY(INTERNAL_ERROR), and this client
+//                            does not reconnect as Envoy would
+//        [--max-inflight 1024]  open loop: requests in flight at most, Envoy's default circuit breaker
+//                            (max_requests); one due beyond it is not sent and counts as `overflow` (Envoy
+//                            answers it at once by its failure mode)
 //        [--connections 4 --streams 16]   closed loop: as fast as the server answers (64 in flight, as
 //                                         a few Envoy workers would keep; deeper queues only add latency)
 // Prints one JSON line: sent, completed, errors, achieved rate, latency percentiles, the generator's own
@@ -32,6 +41,8 @@ const { values } = parseArgs({
     streams: { type: 'string', default: '16' },
     warmup: { type: 'string', default: '1' },
     deadline: { type: 'string', default: '200' },
+    'max-inflight': { type: 'string', default: '1024' },
+    'reset-at-deadline': { type: 'boolean', default: false },
   },
 });
 
@@ -103,6 +114,12 @@ let next = 0;
 let sent = 0;
 let completed = 0;
 let errors = 0;
+let timedOut = 0;
+let overflow = 0;
+let inFlight = 0;
+const deadlineMs = Number(values.deadline);
+const maxInFlight = Number(values['max-inflight']);
+const resetAtDeadline = values['reset-at-deadline'];
 const latencies = [];
 let measuring = false;
 let stopping = false;
@@ -137,7 +154,27 @@ class Connection {
       frame,
     ]));
     this.started.set(id, performance.now());
+    inFlight++;
     sent++;
+  }
+
+  /** What Envoy does at the ext_authz timeout: gives up on the streams still unanswered (oldest first). */
+  expire(now) {
+    for (const [id, t0] of this.started) {
+      if (now - t0 < deadlineMs) break; // the map is in send order
+      if (resetAtDeadline) {
+        const code = Buffer.alloc(4);
+        code.writeUInt32BE(0x8); // CANCEL
+        this.socket.write(Buffer.concat([frameHeader(4, TYPE.RST_STREAM, 0, id), code]));
+      }
+      this.started.delete(id);
+      inFlight--;
+      if (measuring) {
+        timedOut++;
+        latencies.push(deadlineMs); // the client behind Envoy got its answer (failure mode) at the deadline
+      }
+      this.onAnswer?.(this);
+    }
   }
 
   read(chunk) {
@@ -172,8 +209,9 @@ class Connection {
 
   finish(id, failed) {
     const t0 = this.started.get(id);
-    if (t0 === undefined) return;
+    if (t0 === undefined) return; // answered after Envoy's deadline: already counted
     this.started.delete(id);
+    inFlight--;
     if (failed) errors++;
     else if (measuring) {
       completed++;
@@ -194,6 +232,14 @@ for (let i = 0; i < nConn; i++) {
   conns.push(new Connection(rate === null ? (c) => !stopping && c.send() : null));
 }
 await Promise.all(conns.map((c) => c.ready));
+const expiry = setInterval(() => {
+  const now = performance.now();
+  for (const c of conns) {
+    c.socket.cork();
+    c.expire(now);
+    c.socket.uncork();
+  }
+}, 5);
 
 const loopDelay = monitorEventLoopDelay({ resolution: 1 });
 const startWall = Date.now();
@@ -223,7 +269,8 @@ if (rate === null) {
     const due = Math.floor(((performance.now() - t0) * rate) / 1000);
     for (const c of conns) c.socket.cork();
     while (fired < due) {
-      conns[fired % conns.length].send();
+      if (inFlight < maxInFlight) conns[fired % conns.length].send();
+      else if (measuring) overflow++;
       fired++;
     }
     for (const c of conns) c.socket.uncork();
@@ -233,6 +280,7 @@ if (rate === null) {
 await new Promise((r) => setTimeout(r, (warmupS + seconds) * 1000));
 measuring = false;
 stopping = true;
+clearInterval(expiry);
 loopDelay.disable();
 const elapsed = (Date.now() - measureStart) / 1000;
 const cpu = process.cpuUsage(cpuAtStart);
@@ -249,6 +297,8 @@ process.stdout.write(
     sent,
     completed,
     errors,
+    timedOut,
+    overflow,
     ratePerSecond: Math.round(completed / elapsed),
     latencyMs: { p50: pct(50), p90: pct(90), p99: pct(99), p999: pct(99.9), max: latencies.at(-1) ?? null },
     generator: {

@@ -56,6 +56,11 @@ interface LoadResult {
   sent: number;
   completed: number;
   errors: number;
+  /** Reset at Envoy's deadline (200 ms): Envoy answered its client by failure_mode_allow. */
+  timedOut: number;
+  /** Due while Envoy's circuit breaker (max_requests) was full: never sent, answered by the failure mode. */
+  overflow: number;
+  offeredRate: number | null;
   generator: { cpuShare: number; loopDelayP99Ms: number };
   latencyMs: { p50: number; p90: number; p99: number; p999: number; max: number };
 }
@@ -245,13 +250,13 @@ async function main(): Promise<void> {
       loadAverage: os.loadavg()[0],
       decisions,
       latencyAtOfferedLoad: Object.fromEntries(
-        Object.entries(latency).map(([k, v]) => [k, { offered: v.ratePerSecond, ...v.latencyMs, errors: v.errors, ...overload[k], generator: v.generator }]),
+        Object.entries(latency).map(([k, v]) => [k, { offered: Math.round(v.offeredRate ?? 0), answered: v.ratePerSecond, ...v.latencyMs, errors: v.errors, pastDeadline: v.timedOut, overflow: v.overflow, ...overload[k], generator: v.generator }]),
       ),
       bareLatencyAtSameLoad: Object.fromEntries(
-        Object.entries(bareLatency).map(([k, v]) => [k, { offered: v.ratePerSecond, ...v.latencyMs, errors: v.errors }]),
+        Object.entries(bareLatency).map(([k, v]) => [k, { offered: Math.round(v.offeredRate ?? 0), answered: v.ratePerSecond, ...v.latencyMs, errors: v.errors, pastDeadline: v.timedOut, overflow: v.overflow }]),
       ),
       overloadThenRecovery: Object.fromEntries(
-        Object.entries(overloadPhases).map(([k, v]) => [k, { answeredPerSecond: v.ratePerSecond, ...v.latencyMs, errors: v.errors, shed: v.shed, storeErrors: v.storeErrors }]),
+        Object.entries(overloadPhases).map(([k, v]) => [k, { offered: Math.round(v.offeredRate ?? 0), answeredPerSecond: v.ratePerSecond, ...v.latencyMs, errors: v.errors, pastDeadline: v.timedOut, overflow: v.overflow, shed: v.shed, storeErrors: v.storeErrors }]),
       ),
       generatorCpuShareAtMax: realMax.generator.cpuShare,
       redis: {
@@ -298,6 +303,11 @@ function metricsText(port: number): Promise<string> {
   });
 }
 
+/** What Envoy would have answered itself (failure mode): calls past its deadline and over its circuit breaker. */
+function envoyView(v: { pastDeadline: number; overflow: number }): string {
+  return `past Envoy's deadline ${v.pastDeadline}, over its circuit breaker ${v.overflow}`;
+}
+
 function printSummary(r: Record<string, any>): void {
   const lines = [
     `Checks/s (closed loop)        ${r.checksPerSecond}   bare grpc-js: ${r.bareChecksPerSecond}   ratio: ${(r.ratioToBare * 100).toFixed(1)}%   (load average ${r.loadAverage.toFixed(1)})`,
@@ -305,11 +315,11 @@ function printSummary(r: Record<string, any>): void {
     `decisions (whole run)         ${(r.decisions as string[]).map((l) => l.replace('usage_limiter_check_decisions_total', '')).join('  ')}`,
     ...Object.entries(r.latencyAtOfferedLoad as Record<string, any>).map(([k, v]) => {
       const b = r.bareLatencyAtSameLoad[k];
-      return `latency at ${k.padEnd(4)} (${String(v.offered).padStart(5)}/s)  p50 ${v.p50.toFixed(2)} ms  p99 ${v.p99.toFixed(2)} ms  p999 ${v.p999.toFixed(2)} ms   (bare at the same rate: p50 ${b.p50.toFixed(2)}  p99 ${b.p99.toFixed(2)}  p999 ${b.p999.toFixed(2)})  shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`;
+      return `latency at ${k.padEnd(4)} (${String(v.offered).padStart(5)}/s)  p50 ${v.p50.toFixed(2)} ms  p99 ${v.p99.toFixed(2)} ms  p999 ${v.p999.toFixed(2)} ms   (bare at the same rate: p50 ${b.p50.toFixed(2)}  p99 ${b.p99.toFixed(2)}  p999 ${b.p999.toFixed(2)})  ${envoyView(v)}, shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`;
     }),
     ...Object.entries(r.overloadThenRecovery as Record<string, any>).map(
       ([k, v]) =>
-        `overload: ${k.padEnd(13)} answered ${v.answeredPerSecond}/s  p50 ${v.p50?.toFixed(2)} ms  p99 ${v.p99?.toFixed(2)} ms  p999 ${v.p999?.toFixed(2)} ms  shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`,
+        `overload: ${k.padEnd(13)} offered ${v.offered}/s, answered ${v.answeredPerSecond}/s  p50 ${v.p50?.toFixed(2)} ms  p99 ${v.p99?.toFixed(2)} ms  p999 ${v.p999?.toFixed(2)} ms  ${envoyView(v)}, shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`,
     ),
     `Redis per Check               ${r.redis.commandsPerCheck} commands, ${r.redis.roundTripsPerCheck} round trips (${r.redis.roundTripsPerRedisCheck} per Check that touches Redis; ${(r.redis.checksTouchingRedis * 100).toFixed(0)}% do)`,
     `Postgres per warm Check       ${r.postgres.transactionsPerCheck} (${r.postgres.transactionsDuringMax} transactions in the max phase)`,

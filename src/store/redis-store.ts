@@ -120,8 +120,10 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
       opts.clusterNodes !== undefined ? { clusterNodes: opts.clusterNodes } : { url: opts.url ?? 'redis://127.0.0.1:6379' },
       timeoutMs,
       // A node connection opened after a failover is waited for (within timeoutMs); `run` below never sends
-      // while the cluster as a whole is down. `run` bounds every call; ioredis's timer is a backstop.
-      { waitForNodeConnections: true, backstopMs: timeoutMs * 2 },
+      // while the cluster as a whole is down. `run` bounds every call, so ioredis's own timer is only a
+      // backstop, set well past it: it fires before the poll phase, so until then a long stall of the event
+      // loop still reads the replies that arrived during it (timers.ts).
+      { waitForNodeConnections: true, backstopMs: Math.max(1_000, timeoutMs * 10) },
     );
   // An 'error' event without a listener kills Node; a dead Redis must only fail calls.
   client.on('error', (err: Error) => opts.onError?.(err));

@@ -112,6 +112,22 @@ describe.skipIf(!redisUp)('redis store', () => {
       await deleteByPrefix(prefix);
     });
 
+    it("reads a reply that arrived while this process's event loop was stalled, instead of timing it out", async () => {
+      // A 30 ms budget, then a 90 ms stall right after sending: Redis answers in about a millisecond, the
+      // budget's timer falls due during the stall. The reply waiting in the socket must win (src/timers.ts).
+      const s = createRedisStore({ url: TEST_REDIS_URL, prefix, commandTimeoutMs: 30 });
+      open.push(s);
+      await s.ping(); // connected, and the scripts' first EVAL is not what is timed
+      await s.checkAndReserve(readRequest('tenant_stall', 10, NOW));
+      const pending = s.checkAndReserve(readRequest('tenant_stall', 10, NOW + 1));
+      const until = performance.now() + 90;
+      while (performance.now() < until) {
+        /* a long turn of the event loop: a burst of Checks, a full GC */
+      }
+      await expect(pending).resolves.toMatchObject({ readRate: { allowed: true }, quota: null });
+      // A Redis that really does not answer still times out (the unreachable-server tests below).
+    });
+
     it('writes the public key layout of the seed', async () => {
       await store.checkAndReserve(readRequest('tenant_C_789', 10, NOW));
       expect(await admin.exists(`${prefix}read_rate:tenant_C_789`, `${prefix}read_rate:tenant_C_789:seq`)).toBe(2);

@@ -19,9 +19,9 @@
 //                            default: Node's HTTP/2 server (nghttp2's rapid-reset guard: a burst of 1000
 //                            resets, then 33/s) answers more with GOAWAY(INTERNAL_ERROR), and this client
 //                            does not reconnect as Envoy would
-//        [--max-inflight 1024]  open loop: requests in flight at most, Envoy's default circuit breaker
-//                            (max_requests); one due beyond it is not sent and counts as `overflow` (Envoy
-//                            answers it at once by its failure mode)
+//        [--max-inflight 256]   open loop: requests in flight at most, as Envoy's circuit breaker
+//                            (max_requests in envoy/envoy.yaml) keeps them; one due beyond it is not sent and
+//                            counts as `overflow` (Envoy answers it at once by its failure mode)
 //        [--connections 4 --streams 16]   closed loop: as fast as the server answers (64 in flight, as
 //                                         a few Envoy workers would keep; deeper queues only add latency)
 // Prints one JSON line: sent, completed, errors, achieved rate, latency percentiles, the generator's own
@@ -41,7 +41,7 @@ const { values } = parseArgs({
     streams: { type: 'string', default: '16' },
     warmup: { type: 'string', default: '1' },
     deadline: { type: 'string', default: '200' },
-    'max-inflight': { type: 'string', default: '1024' },
+    'max-inflight': { type: 'string', default: '256' },
     'reset-at-deadline': { type: 'boolean', default: false },
   },
 });

@@ -1,23 +1,41 @@
 /**
+ * How long an expired timeout still waits for I/O before it gives up: one poll of the event loop that may
+ * block this long. Enough for a Redis on the network to answer commands written at the end of the stalled
+ * turn (the write coalescer sends them in that turn's check phase, just before the timer falls due).
+ */
+export const POLL_GRACE_MS = 2;
+
+/**
  * A timeout that first reads what has already arrived.
  *
  * Why: Node runs expired timers before it polls sockets in each turn of the event loop. When one turn ran
  * long (a burst of Checks, a garbage collection), a Redis reply that came back in 2 ms can sit in the socket
  * buffer while the Check's 100 ms timer, now also due, fires first: the Check is answered by its failure
  * policy (a 503 or an unmetered pass) although Redis answered in time, and under load that turned most
- * "Redis timeouts" into the server's own lag. So an expired timer does not give up at once: it waits one
- * `setImmediate`, which runs after this turn's poll phase has read the sockets. A reply that was waiting
- * settles its promise first and wins; a call Redis really did not answer gives up one loop turn later.
+ * "Redis timeouts" into the server's own lag. So an expired timer does not give up at once:
+ * - `onDue` runs when the timer fires (from then on, nothing new may be sent for this call);
+ * - a `setImmediate` lets this turn's poll phase read what is already in the sockets;
+ * - a `POLL_GRACE_MS` timer then lets the next poll wait that long for replies to commands that were only
+ *   written at the end of the stalled turn;
+ * - `onTimeout` runs if the call is still not settled (cancelled) by then.
+ * A reply that was waiting settles its promise first and wins; a call Redis really did not answer gives up
+ * about `POLL_GRACE_MS` later than `ms`.
  *
- * Returns a function that cancels the timeout.
+ * Returns a function that cancels the timeout, at any stage.
  */
-export function timeoutAfterPoll(ms: number, onTimeout: () => void): () => void {
+export function timeoutAfterPoll(ms: number, onTimeout: () => void, onDue?: () => void): () => void {
   let immediate: NodeJS.Immediate | undefined;
+  let grace: NodeJS.Timeout | undefined;
   const timer = setTimeout(() => {
-    immediate = setImmediate(onTimeout);
+    onDue?.();
+    immediate = setImmediate(() => {
+      immediate = undefined;
+      grace = setTimeout(onTimeout, POLL_GRACE_MS);
+    });
   }, ms);
   return () => {
     clearTimeout(timer);
     if (immediate !== undefined) clearImmediate(immediate);
+    if (grace !== undefined) clearTimeout(grace);
   };
 }

@@ -121,9 +121,9 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
       timeoutMs,
       // A node connection opened after a failover is waited for (within timeoutMs); `run` below never sends
       // while the cluster as a whole is down. `run` bounds every call, so ioredis's own timer is only a
-      // backstop, set well past it: it fires before the poll phase, so until then a long stall of the event
-      // loop still reads the replies that arrived during it (timers.ts).
-      { waitForNodeConnections: true, backstopMs: Math.max(1_000, timeoutMs * 10) },
+      // backstop, set a second past it: it fires before the poll phase, so until then a long stall of the
+      // event loop still reads the replies that arrived during it (timers.ts).
+      { waitForNodeConnections: true, backstopMs: timeoutMs + 1_000 },
     );
   // An 'error' event without a listener kills Node; a dead Redis must only fail calls.
   client.on('error', (err: Error) => opts.onError?.(err));
@@ -170,10 +170,15 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
     let cancel: (() => void) | undefined;
     const deadline = new Promise<never>((_, reject) => {
       // A reply already in the socket buffer when the timer is due is read first (see timers.ts).
-      cancel = timeoutAfterPoll(timeoutMs, () => {
-        expired = true;
-        reject(new Error(`Redis ${what} timed out after ${timeoutMs} ms`));
-      });
+      cancel = timeoutAfterPoll(
+        timeoutMs,
+        () => reject(new Error(`Redis ${what} timed out after ${timeoutMs} ms`)),
+        // From the moment the budget is spent nothing is sent for this call, even if the connection
+        // becomes ready during the grace: its Check is about to take the failure policy.
+        () => {
+          expired = true;
+        },
+      );
     });
     const work = (async () => {
       if (client.status !== 'ready') await connected();
@@ -318,12 +323,19 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
     async close(): Promise<void> {
       if (!owned || client.status === 'end') return;
       if (client.status === 'ready') {
-        try {
-          await client.quit();
-          return;
-        } catch {
-          // Fall through: a quit that fails leaves nothing worth waiting for.
-        }
+        // QUIT lets the replies in flight arrive first, but a hung Redis never answers it: bounded by the
+        // store's budget (ioredis's own timer is only the backstop, a second later), then disconnected.
+        let timer: NodeJS.Timeout | undefined;
+        const quitting = client.quit().then(
+          () => true,
+          () => false, // a quit that fails leaves nothing worth waiting for
+        );
+        const timedOut = new Promise<false>((resolve) => {
+          timer = setTimeout(() => resolve(false), timeoutMs);
+        });
+        const quit = await Promise.race([quitting, timedOut]);
+        clearTimeout(timer);
+        if (quit) return;
       }
       client.disconnect();
     },

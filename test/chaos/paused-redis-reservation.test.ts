@@ -8,6 +8,7 @@ import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { periodFor } from '../../src/core/period.js';
 import { DEGRADED_HEADER } from '../../src/grpc/check-mapping.js';
+import { createRedisStore } from '../../src/store/redis-store.js';
 import { httpStatus, startHarness, type Harness } from '../helpers/harness.js';
 import { canRunRedis, startOwnRedis, type OwnRedis } from '../helpers/own-services.js';
 import { createTestDatabase, hasPostgres } from '../helpers/services.js';
@@ -74,5 +75,20 @@ describe.skipIf(!runnable)('a Check answered by its failure policy while Redis h
     await new Promise((r) => setTimeout(r, 200));
     expect(await usage('tenant_lenient')).toEqual({ used: 1, pending: 1 });
     expect(await usage('tenant_strict')).toEqual({ used: 1, pending: 1 });
+  });
+
+  it('closes a store within its budget while Redis hangs (QUIT is not waited for past it)', async () => {
+    const store = createRedisStore({ url: redis.url, commandTimeoutMs: 200, prefix: 'close-test:' });
+    await store.ping();
+    redis.pause();
+    try {
+      const started = performance.now();
+      await store.close();
+      const took = performance.now() - started;
+      expect(took).toBeGreaterThanOrEqual(190); // it did try QUIT
+      expect(took).toBeLessThan(800); // not ioredis's backstop (1.2 s)
+    } finally {
+      redis.resume();
+    }
   });
 });

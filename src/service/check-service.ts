@@ -7,7 +7,7 @@ import type { KeyCache } from '../directory/key-cache.js';
 import type { Logger } from '../logger.js';
 import type { CheckAndReserveRequest, CheckAndReserveResult, CounterStore } from '../store/types.js';
 import type { DenyMemory } from './deny-memory.js';
-import { timeoutAfterPoll } from '../timers.js';
+import { POLL_GRACE_MS, timeoutAfterPoll } from '../timers.js';
 import { logEvent } from './events.js';
 
 // Runs one Check: key cache → pure plan → one store call → pure conclusion. Every I/O step is bounded by
@@ -79,8 +79,9 @@ function forPath(d: Deny, path: string): Deny {
   return { ...d, events: d.events.map((e) => (e.kind === 'read_rate_exceeded' ? { ...e, endpoint: path } : e)) };
 }
 
-// Keep a little of Envoy's deadline for encoding and sending the answer.
-const DEADLINE_MARGIN_MS = 5;
+// Keep a little of Envoy's deadline for encoding and sending the answer, and for the poll grace a timed-out
+// call still waits for replies that already arrived (timers.ts).
+const DEADLINE_MARGIN_MS = 5 + POLL_GRACE_MS;
 
 export class CheckService {
   readonly stats: CheckStats = { storeErrors: 0, directoryErrors: 0, shed: 0 };

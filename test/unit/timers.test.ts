@@ -24,16 +24,33 @@ describe('timeoutAfterPoll', () => {
   });
   afterAll(() => {
     server.kill();
+    local?.close();
   });
+
+  // An echo server in this process: it can only answer when this loop polls, which makes the order of
+  // events after a stall exact, whatever else the machine is doing.
+  let local: net.Server | undefined;
+  let accepted: Promise<void> = Promise.resolve();
+  async function localEcho(): Promise<number> {
+    local = net.createServer((c) => {
+      c.on('error', () => {});
+      c.on('data', (d) => c.write(d));
+    });
+    local.on('connection', () => onAccept());
+    await new Promise<void>((resolve) => local!.listen(0, '127.0.0.1', resolve));
+    return (local.address() as net.AddressInfo).port;
+  }
+  let onAccept: () => void = () => {};
 
   /**
    * Sends a request, then blocks the loop past the timeout while the reply arrives; who wins? `corked`
    * sends as the Redis store's write coalescer does: the bytes leave only in this turn's check phase, after
    * the stall, just before the timer is found due.
    */
-  async function raceAfterStall(race: Race, corked = false): Promise<'reply' | 'timeout'> {
-    const socket = net.connect(port, '127.0.0.1');
-    await new Promise<void>((resolve) => socket.once('connect', resolve));
+  async function raceAfterStall(race: Race, corked = false, peerPort = port): Promise<'reply' | 'timeout'> {
+    accepted = peerPort === port ? Promise.resolve() : new Promise<void>((resolve) => (onAccept = resolve));
+    const socket = net.connect(peerPort, '127.0.0.1');
+    await Promise.all([new Promise<void>((resolve) => socket.once('connect', resolve)), accepted]);
     try {
       return await new Promise<'reply' | 'timeout'>((resolve) => {
         const cancel = race(20, () => resolve('timeout'));
@@ -63,7 +80,12 @@ describe('timeoutAfterPoll', () => {
   });
 
   it('also when the request only left at the end of the stalled turn, as coalesced Redis writes do', async () => {
-    for (let i = 0; i < 5; i++) expect(await raceAfterStall(timeoutAfterPoll, true)).toBe('reply');
+    // The request leaves in the stalled turn's check phase. The poll after the timer falls due delivers it to
+    // the (in-process) peer, whose answer is read only by a later poll: the grace's. With one setImmediate
+    // and no grace the timeout fires before that poll, every time.
+    const peer = await localEcho();
+    expect(await raceAfterStall(timeoutAfterPoll, true, peer)).toBe('reply');
+    expect(await raceAfterStall(timeoutAfterPoll, true, peer)).toBe('reply');
   });
 
   it('still times out when nothing arrives, a poll grace after the deadline, and says when it fell due first', async () => {
@@ -88,11 +110,17 @@ describe('timeoutAfterPoll', () => {
   it('cancels before and after the timer has fired', async () => {
     let fired = 0;
     timeoutAfterPoll(5, () => fired++)(); // cancelled before the timer
-    // Cancelled after its timer fell due, during the grace: a timer of the same duration created right after
-    // it falls due with it or a millisecond later, before the grace (2 ms after the due one's check phase).
+    // Cancelled during the grace: onDue queues an immediate ahead of the one that arms the grace timer; it
+    // queues the cancel for the next check phase, when the grace timer is armed and not yet due.
     let due = 0;
-    const cancelLater = timeoutAfterPoll(5, () => fired++, () => due++);
-    setTimeout(cancelLater, 5);
+    const cancelLater: () => void = timeoutAfterPoll(
+      5,
+      () => fired++,
+      () => {
+        due++;
+        setImmediate(() => setImmediate(cancelLater));
+      },
+    );
     await new Promise((resolve) => setTimeout(resolve, 40));
     expect(due).toBe(1);
     expect(fired).toBe(0);

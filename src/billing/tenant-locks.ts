@@ -4,7 +4,7 @@
 // writes are compare-and-set, and re-sent identifiers are de-duplicated by Stripe); they keep reporters from
 // doing the same work twice. On the embedded PGlite there is one process, so an in-process set does.
 import postgres from 'postgres';
-import { databaseInternals, type DatabaseHandle } from '../db/client.js';
+import { databaseInternals, FETCH_ARRAY_TYPES, type DatabaseHandle } from '../db/client.js';
 
 export interface TenantLocks {
   /** True when this process now holds the tenant; false when another reporter does. */
@@ -44,6 +44,7 @@ function advisoryLocks(url: string): TenantLocks {
     (client ??= postgres(url, {
       max: 1,
       connect_timeout: 5,
+      fetch_types: FETCH_ARRAY_TYPES,
       // The locks live as long as this session: it must not be closed for being idle.
       idle_timeout: 0,
       onnotice: () => {},

@@ -10,7 +10,7 @@ import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator';
 import type { PostgresJsDatabase } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
 import { AppError } from '../errors.js';
-import { databaseInternals, type DatabaseHandle } from './client.js';
+import { databaseInternals, FETCH_ARRAY_TYPES, type DatabaseHandle } from './client.js';
 
 // `src/db/migrate.ts` (tests, tsx) and `dist/db/migrate.js` (built) are both two levels below the package root.
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url));
@@ -56,6 +56,7 @@ async function migratePostgresLocked(url: string, connectTimeoutSeconds: number,
     max: 1,
     connect_timeout: connectTimeoutSeconds,
     onnotice: () => {},
+    fetch_types: FETCH_ARRAY_TYPES,
     connection: { application_name: 'usage-limiter-migrate', statement_timeout: 0 },
   });
   try {

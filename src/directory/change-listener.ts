@@ -4,6 +4,7 @@
 // notifications sent while this connection is down are lost, so every (re)connect also triggers a poll.
 // Postgres only: an embedded PGlite database belongs to one process, which makes its own changes.
 import postgres from 'postgres';
+import { FETCH_ARRAY_TYPES } from '../db/client.js';
 import type { Logger } from '../logger.js';
 
 export const DIRECTORY_CHANNEL = 'usage_limiter_directory';
@@ -17,6 +18,7 @@ export function listenForDirectoryChanges(url: string, onChange: () => void, log
     max: 1,
     connect_timeout: 5,
     onnotice: () => {},
+    fetch_types: FETCH_ARRAY_TYPES,
     connection: { application_name: 'usage-limiter-listen' },
   });
   let closed = false;

@@ -4,7 +4,7 @@
 // writes are compare-and-set, and re-sent identifiers are de-duplicated by Stripe); they keep reporters from
 // doing the same work twice. On the embedded PGlite there is one process, so an in-process set does.
 import postgres from 'postgres';
-import { databaseInternals, FETCH_ARRAY_TYPES, type DatabaseHandle } from '../db/client.js';
+import { databaseInternals, postgresClient, type DatabaseHandle } from '../db/client.js';
 
 export interface TenantLocks {
   /** True when this process now holds the tenant; false when another reporter does. */
@@ -41,13 +41,11 @@ function inProcessLocks(): TenantLocks {
 function advisoryLocks(url: string): TenantLocks {
   let client: postgres.Sql | null = null;
   const sql = () =>
-    (client ??= postgres(url, {
+    (client ??= postgresClient(url, {
       max: 1,
       connect_timeout: 5,
-      fetch_types: FETCH_ARRAY_TYPES,
       // The locks live as long as this session: it must not be closed for being idle.
       idle_timeout: 0,
-      onnotice: () => {},
       connection: { application_name: 'usage-limiter-reporter-locks', statement_timeout: 5_000 },
     }));
   return {

@@ -58,14 +58,19 @@ const DEFAULT_CONNECT_TIMEOUT_S = 5;
 const DEFAULT_PING_TIMEOUT_MS = 2_000;
 
 /**
- * `fetch_types` for every postgres.js client here: off. With it on, the driver's first statement on each new
- * connection reads the array types from pg_type, and in postgres.js 3.4.9 that query's promise is dropped:
- * when it fails (Postgres stopping or restarting while a connection opens) the error escapes as an unhandled
- * rejection no caller can catch (porsager/postgres#1192, #1205; seen here in CI while a test stopped
- * Postgres). Nothing here sends or reads Postgres arrays (lists are `in (...)` parameters, lists in rows are
- * jsonb), so the types are not needed; every new connection also saves that round trip.
+ * A postgres.js client with the settings every connection of this server shares (the pool, LISTEN, the
+ * reporter's locks, migrations):
+ * - NOTICEs (e.g. "schema already exists, skipping" from migrations) are dropped: noise in JSON logs.
+ * - `fetch_types` is off. With it on, the driver's first statement on each new connection reads the array
+ *   types from pg_type, and in postgres.js 3.4.9 that query's promise is dropped: when it fails (Postgres
+ *   stopping or restarting while a connection opens) the error escapes as an unhandled rejection no caller
+ *   can catch (porsager/postgres#1192, #1205; seen here in CI while a test stopped Postgres). Nothing here
+ *   sends or reads Postgres arrays (lists are `in (...)` parameters, lists in rows are jsonb), so the types
+ *   are not needed; every new connection also saves that round trip.
  */
-export const FETCH_ARRAY_TYPES = false;
+export function postgresClient(url: string, options: postgres.Options<Record<string, postgres.PostgresType>>): postgres.Sql {
+  return postgres(url, { ...options, onnotice: () => {}, fetch_types: false });
+}
 
 /** What `runMigrations` needs beyond the public handle, kept off it so callers cannot misuse it. */
 export interface DatabaseInternals {
@@ -102,13 +107,10 @@ function openPostgres(
   pingTimeoutMs: number,
 ): DatabaseHandle {
   const statementTimeoutMs = opts.statementTimeoutMs ?? DEFAULT_STATEMENT_TIMEOUT_MS;
-  const client = postgres(url, {
+  const client = postgresClient(url, {
     max: opts.poolSize ?? DEFAULT_POOL_SIZE,
     connect_timeout: connectTimeoutSeconds,
     idle_timeout: 60,
-    // NOTICEs (e.g. "schema already exists, skipping" from migrations) are noise in JSON logs.
-    onnotice: () => {},
-    fetch_types: FETCH_ARRAY_TYPES,
     connection: {
       application_name: 'usage-limiter',
       // Server-side limits, so a lock queue or a runaway query cannot hold a caller (or a connection) forever.

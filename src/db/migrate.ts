@@ -8,9 +8,8 @@ import { migrate as migratePglite } from 'drizzle-orm/pglite/migrator';
 import type { PgliteDatabase } from 'drizzle-orm/pglite';
 import { migrate as migratePostgres } from 'drizzle-orm/postgres-js/migrator';
 import type { PostgresJsDatabase } from 'drizzle-orm/postgres-js';
-import postgres from 'postgres';
 import { AppError } from '../errors.js';
-import { databaseInternals, FETCH_ARRAY_TYPES, type DatabaseHandle } from './client.js';
+import { databaseInternals, postgresClient, type DatabaseHandle } from './client.js';
 
 // `src/db/migrate.ts` (tests, tsx) and `dist/db/migrate.js` (built) are both two levels below the package root.
 export const MIGRATIONS_FOLDER = fileURLToPath(new URL('../../drizzle', import.meta.url));
@@ -52,11 +51,9 @@ async function migrateOnce(handle: DatabaseHandle): Promise<void> {
 async function migratePostgresLocked(url: string, connectTimeoutSeconds: number, config: MigrationConfig): Promise<void> {
   // A single dedicated connection: the session lock and the migration share it, and the pool's statement timeout
   // does not apply (waiting for another replica's migration, or a long CREATE INDEX, is legitimate here).
-  const client = postgres(url, {
+  const client = postgresClient(url, {
     max: 1,
     connect_timeout: connectTimeoutSeconds,
-    onnotice: () => {},
-    fetch_types: FETCH_ARRAY_TYPES,
     connection: { application_name: 'usage-limiter-migrate', statement_timeout: 0 },
   });
   try {

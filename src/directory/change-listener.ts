@@ -3,8 +3,7 @@
 // a few milliseconds of the commit, not at the next DIRECTORY_POLL_MS poll. The poll stays the fallback:
 // notifications sent while this connection is down are lost, so every (re)connect also triggers a poll.
 // Postgres only: an embedded PGlite database belongs to one process, which makes its own changes.
-import postgres from 'postgres';
-import { FETCH_ARRAY_TYPES } from '../db/client.js';
+import { postgresClient } from '../db/client.js';
 import type { Logger } from '../logger.js';
 
 export const DIRECTORY_CHANNEL = 'usage_limiter_directory';
@@ -14,11 +13,9 @@ export interface ChangeListener {
 }
 
 export function listenForDirectoryChanges(url: string, onChange: () => void, logger: Logger): ChangeListener {
-  const sql = postgres(url, {
+  const sql = postgresClient(url, {
     max: 1,
     connect_timeout: 5,
-    onnotice: () => {},
-    fetch_types: FETCH_ARRAY_TYPES,
     connection: { application_name: 'usage-limiter-listen' },
   });
   let closed = false;

@@ -1,7 +1,7 @@
 // Regression (CI, while a test stopped Postgres): postgres.js 3.4.9 reads the array types on every new
 // connection and drops that query's promise, so when the connection dies during it the error escapes as an
 // unhandled rejection no caller can catch (porsager/postgres#1192). Our clients turn `fetch_types` off
-// (FETCH_ARRAY_TYPES in src/db/client.ts). Here a TCP proxy in front of the real Postgres cuts the connection
+// (postgresClient in src/db/client.ts). Here a TCP proxy in front of the real Postgres cuts the connection
 // the moment it sees that query: the app's clients must never send it, and nothing may escape.
 import net from 'node:net';
 import { sql } from 'drizzle-orm';

@@ -215,16 +215,6 @@ export function createCheckRequestDecoder(): CheckRequestDecoder {
     st.raw.set(name, prev === undefined ? v : `${prev},${v}`);
   }
 
-  function headerMap(c: Cursor, st: HttpState): void {
-    while (c.pos < c.end) {
-      const tag = c.varint();
-      const wt = tag & 7;
-      const no = tag >>> 3;
-      if (no === n.headerMapHeaders && wt === LENGTH_DELIMITED) headerValue(c.sub(), st);
-      else c.skip(wt, no);
-    }
-  }
-
   function httpRequest(c: Cursor, st: HttpState): void {
     while (c.pos < c.end) {
       const tag = c.varint();
@@ -235,7 +225,7 @@ export function createCheckRequestDecoder(): CheckRequestDecoder {
       else if (no === n.path) st.path = c.string();
       else if (no === n.id) st.id = c.string();
       else if (no === n.headers) headersEntry(c.sub(), st);
-      else if (no === n.headerMap) headerMap(c.sub(), st);
+      else if (no === n.headerMap) each(c.sub(), n.headerMapHeaders, (h) => headerValue(h, st));
       else c.skip(wt, no);
     }
   }

@@ -13,7 +13,7 @@
 import fc from 'fast-check';
 import { describe, expect, it } from 'vitest';
 import { planCheck } from '../../src/core/decide.js';
-import { EndpointMatcher, MAX_PATH_LENGTH, normalizePath } from '../../src/core/path.js';
+import { canonicalize, EndpointMatcher, MAX_PATH_LENGTH, normalizePath } from '../../src/core/path.js';
 import { periodFor } from '../../src/core/period.js';
 import { extractKey, MAX_API_KEY_LENGTH, toCheckInput, type CheckInput } from '../../src/core/request.js';
 import type { ResolvedKey, Tier } from '../../src/core/types.js';
@@ -114,6 +114,21 @@ describe('normalizePath', () => {
       }),
       params,
     );
+  });
+
+  it('takes its fast path only where the full rules would change nothing', () => {
+    // Paths near the fast path's edge: its own alphabet plus the characters and segments it must refuse.
+    const nearCanonical = fc
+      .array(fc.constantFrom('/', '.', '..', 'a', 'z', '0', '-', '_', '~', '@', ':', '!', 'A', '%', '%2e', '\\', '?', '#', ' ', 'é'), { maxLength: 16 })
+      .map((p) => p.join(''));
+    fc.assert(
+      fc.property(fc.oneof(anyPath, nearCanonical, cleanPath), (raw) => {
+        expect(normalizePath(raw)).toBe(canonicalize(raw));
+      }),
+      params,
+    );
+    for (const p of ['/', '/verify', '/a/b-c/d_e', '/v1/x~y', '/a.b/c..d/.e/e.']) expect(normalizePath(p)).toBe(p);
+    for (const p of ['/.', '/..', '/a/./b', '/a/../b', '/a/', '//a', '/A', '/a%2fb', '']) expect(normalizePath(p)).not.toBe(p);
   });
 
   it('ignores the query string and the fragment', () => {

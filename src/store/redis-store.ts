@@ -166,11 +166,11 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
         return Promise.reject(new Error(`Redis ${what} failed: not connected (${status})`));
       }
     }
-    let expired = false;
-    let cancel: (() => void) | undefined;
-    const deadline = new Promise<never>((_, reject) => {
+    // One promise and one timer per call (this runs on every Check that reaches Redis).
+    return new Promise<T>((resolve, reject) => {
+      let expired = false;
       // A reply already in the socket buffer when the timer is due is read first (see timers.ts).
-      cancel = timeoutAfterPoll(
+      const cancel = timeoutAfterPoll(
         timeoutMs,
         () => reject(new Error(`Redis ${what} timed out after ${timeoutMs} ms`)),
         // From the moment the budget is spent nothing is sent for this call, even if the connection
@@ -179,15 +179,25 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
           expired = true;
         },
       );
+      const done = (v: T): void => {
+        cancel();
+        resolve(v);
+      };
+      const failed = (err: unknown): void => {
+        cancel();
+        reject(err);
+      };
+      const send = (): void => {
+        if (expired) return;
+        try {
+          op().then(done, failed);
+        } catch (err) {
+          failed(err);
+        }
+      };
+      if (client.status === 'ready') send();
+      else connected().then(send, failed);
     });
-    const work = (async () => {
-      if (client.status !== 'ready') await connected();
-      if (expired) throw new Error(`Redis ${what} timed out after ${timeoutMs} ms`);
-      return op();
-    })();
-    // Whichever loses the race must not surface as an unhandled rejection.
-    work.catch(() => {});
-    return Promise.race([work, deadline]).finally(() => cancel?.());
   }
 
   return {

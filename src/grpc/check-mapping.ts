@@ -55,9 +55,18 @@ function rateLimitHeaders(info: RateLimitInfo | null, retryAfterS: number | null
   return out;
 }
 
+const bodyHeads = new Map<string, { message: string; text: string }>();
+
 /** The JSON body of every denial: `{"code","message","requestId"}`. */
 export function denialBody(code: string, message: string, requestId: string): string {
-  return JSON.stringify({ code, message, requestId });
+  // Only the request id varies between denials of one code: the rest is serialised once (a third of the
+  // cost of stringifying the object on every 429). JSON.stringify still escapes each part.
+  let head = bodyHeads.get(code);
+  if (head === undefined || head.message !== message) {
+    head = { message, text: `{"code":${JSON.stringify(code)},"message":${JSON.stringify(message)},"requestId":` };
+    if (bodyHeads.size < 64) bodyHeads.set(code, head);
+  }
+  return `${head.text}${JSON.stringify(requestId)}}`;
 }
 
 export function toCheckResponse(decision: Decision, requestId: string): CheckResponseMessage {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { deny, type Allow } from '../../src/core/decide.js';
-import { toCheckResponse } from '../../src/grpc/check-mapping.js';
+import { denialBody, toCheckResponse } from '../../src/grpc/check-mapping.js';
 import { fromCheckRequest } from '../helpers/full-check-request.js';
 
 describe('fromCheckRequest', () => {
@@ -75,5 +75,23 @@ describe('toCheckResponse', () => {
   it('deny body escapes whatever the request id holds', () => {
     const r = toCheckResponse(deny('MISSING_API_KEY'), 'a"b\\c');
     expect(JSON.parse(r.denied_response?.body ?? '').requestId).toBe('a"b\\c');
+  });
+});
+
+describe('denialBody', () => {
+  it('is the JSON of {code, message, requestId}, whatever the parts hold', () => {
+    const cases: Array<[string, string, string]> = [
+      ['READ_RATE_LIMIT_EXCEEDED', 'Too many read requests. Please slow down.', '925c104a-482d-4b6c-bd08-02a8d031e6c1'],
+      ['READ_RATE_LIMIT_EXCEEDED', 'Too many read requests. Please slow down.', 'id"with\\quotes</script>'],
+      // The same code with another message (the cached head must not be reused for it).
+      ['READ_RATE_LIMIT_EXCEEDED', 'another "message"', 'r1'],
+      ['READ_RATE_LIMIT_EXCEEDED', 'Too many read requests. Please slow down.', 'r2'],
+      ['CODE_\u2028', 'line\nbreak', ''],
+    ];
+    for (const [code, message, requestId] of cases) {
+      const body = denialBody(code, message, requestId);
+      expect(body).toBe(JSON.stringify({ code, message, requestId }));
+      expect(JSON.parse(body)).toEqual({ code, message, requestId });
+    }
   });
 });

@@ -20,10 +20,19 @@ interface Memo {
   readonly untilMs: number;
 }
 
-const READ = '\u0000read';
+/**
+ * One tenant's memos. Keyed first by tenant id, a string the key cache holds (its hash is computed once), so
+ * the Check of a tenant with nothing remembered, the common case, costs one map lookup and builds no key.
+ */
+interface TenantMemos {
+  read: Memo | undefined;
+  /** By `period \0 endpoint` (`__total__` for the total quota). */
+  readonly quota: Map<string, Memo>;
+}
 
 export class DenyMemory {
-  private readonly memos = new Map<string, Memo>();
+  private readonly tenants = new Map<string, TenantMemos>();
+  private count = 0;
   hits = 0;
 
   constructor(
@@ -33,14 +42,16 @@ export class DenyMemory {
 
   /** The remembered denial for this store request, with Retry-After brought up to `nowMs`, if any. */
   recall(req: CheckAndReserveRequest, tier: Tier, nowMs: number): Deny | undefined {
-    if (this.holdMs <= 0 || this.memos.size === 0) return undefined;
+    if (this.holdMs <= 0 || this.count === 0) return undefined;
+    const t = this.tenants.get(req.tenantId);
+    if (t === undefined) return undefined;
     // The store checks the read window before the quota; so does this.
-    const memo =
-      (req.readRate !== null ? this.live(req.tenantId + READ, tier, nowMs) : undefined) ??
-      (req.quota !== null
-        ? (this.live(quotaKey(req.tenantId, req.quota.period, req.quota.endpoint), tier, nowMs) ??
-          this.live(quotaKey(req.tenantId, req.quota.period, null), tier, nowMs))
-        : undefined);
+    let memo = req.readRate !== null && t.read !== undefined ? this.liveRead(req.tenantId, t, tier, nowMs) : undefined;
+    if (memo === undefined && req.quota !== null && t.quota.size > 0) {
+      memo =
+        this.liveQuota(req.tenantId, t, quotaKey(req.quota.period, req.quota.endpoint), tier, nowMs) ??
+        this.liveQuota(req.tenantId, t, quotaKey(req.quota.period, null), tier, nowMs);
+    }
     if (memo === undefined) return undefined;
     this.hits++;
     const rl = memo.decision.rateLimit;
@@ -52,45 +63,86 @@ export class DenyMemory {
   /** Remembers a 429 the store gave for this request. Other decisions are ignored. */
   remember(req: CheckAndReserveRequest, tier: Tier, decision: Deny, nowMs: number): void {
     if (this.holdMs <= 0 || decision.rateLimit === null) return;
-    let key: string;
-    if (decision.code === 'READ_RATE_LIMIT_EXCEEDED') key = req.tenantId + READ;
-    else if (decision.code === 'USAGE_LIMIT_EXCEEDED' && req.quota !== null) {
+    let quota: string | null = null;
+    if (decision.code === 'USAGE_LIMIT_EXCEEDED' && req.quota !== null) {
       const byTotal = decision.events.some((e) => e.kind === 'usage_limit_exceeded' && e.endpoint === '__total__');
-      key = quotaKey(req.tenantId, req.quota.period, byTotal ? null : req.quota.endpoint);
-    } else return;
+      quota = quotaKey(req.quota.period, byTotal ? null : req.quota.endpoint);
+    } else if (decision.code !== 'READ_RATE_LIMIT_EXCEEDED') return;
     const untilMs = Math.min(decision.rateLimit.resetAtMs, nowMs + this.holdMs);
     if (untilMs <= nowMs) return;
-    if (!this.memos.has(key) && this.memos.size >= this.maxEntries) this.prune(nowMs);
-    this.memos.set(key, { decision, tier, untilMs });
+    let t = this.tenants.get(req.tenantId);
+    const isNew = t === undefined || (quota === null ? t.read === undefined : !t.quota.has(quota));
+    if (isNew && this.count >= this.maxEntries) {
+      this.prune(nowMs);
+      t = this.tenants.get(req.tenantId);
+    }
+    if (t === undefined) {
+      t = { read: undefined, quota: new Map() };
+      this.tenants.set(req.tenantId, t);
+    }
+    const memo = { decision, tier, untilMs };
+    if (isNew) this.count++;
+    if (quota === null) t.read = memo;
+    else t.quota.set(quota, memo);
   }
 
   /** Drops every memo of a tenant: capacity was given back (a refund settled here). */
   forget(tenantId: string): void {
-    for (const key of this.memos.keys()) if (key.startsWith(`${tenantId}\u0000`)) this.memos.delete(key);
+    const t = this.tenants.get(tenantId);
+    if (t === undefined) return;
+    this.count -= (t.read === undefined ? 0 : 1) + t.quota.size;
+    this.tenants.delete(tenantId);
   }
 
   get size(): number {
-    return this.memos.size;
+    return this.count;
   }
 
-  private live(key: string, tier: Tier, nowMs: number): Memo | undefined {
-    const memo = this.memos.get(key);
+  private liveRead(tenantId: string, t: TenantMemos, tier: Tier, nowMs: number): Memo | undefined {
+    const memo = t.read;
     if (memo === undefined) return undefined;
     if (memo.untilMs > nowMs && memo.tier === tier) return memo;
-    this.memos.delete(key);
+    t.read = undefined;
+    this.dropped(tenantId, t);
     return undefined;
   }
 
-  // Drop expired memos; if all are live, drop the oldest insertions (Map order) to stay bounded.
+  private liveQuota(tenantId: string, t: TenantMemos, key: string, tier: Tier, nowMs: number): Memo | undefined {
+    const memo = t.quota.get(key);
+    if (memo === undefined) return undefined;
+    if (memo.untilMs > nowMs && memo.tier === tier) return memo;
+    t.quota.delete(key);
+    this.dropped(tenantId, t);
+    return undefined;
+  }
+
+  /** One memo of `t` is gone: count it, and drop the tenant once it has none. */
+  private dropped(tenantId: string, t: TenantMemos): void {
+    this.count--;
+    if (t.read === undefined && t.quota.size === 0) this.tenants.delete(tenantId);
+  }
+
+  // Drop expired memos; if all are live, drop the oldest tenants (Map order) to stay bounded.
   private prune(nowMs: number): void {
-    for (const [k, m] of this.memos) if (m.untilMs <= nowMs) this.memos.delete(k);
-    for (const k of this.memos.keys()) {
-      if (this.memos.size < this.maxEntries) break;
-      this.memos.delete(k);
+    for (const [id, t] of this.tenants) {
+      if (t.read !== undefined && t.read.untilMs <= nowMs) {
+        t.read = undefined;
+        this.dropped(id, t);
+      }
+      for (const [k, m] of t.quota) {
+        if (m.untilMs <= nowMs) {
+          t.quota.delete(k);
+          this.dropped(id, t);
+        }
+      }
+    }
+    for (const id of this.tenants.keys()) {
+      if (this.count < this.maxEntries) break;
+      this.forget(id);
     }
   }
 }
 
-function quotaKey(tenantId: string, period: string, endpoint: string | null): string {
-  return `${tenantId}\u0000quota\u0000${period}\u0000${endpoint ?? '__total__'}`;
+function quotaKey(period: string, endpoint: string | null): string {
+  return `${period}\u0000${endpoint ?? '__total__'}`;
 }

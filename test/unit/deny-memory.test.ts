@@ -70,4 +70,33 @@ describe('DenyMemory', () => {
     for (let i = 0; i < 10; i++) small.remember({ ...readPlan.request, tenantId: `t${i}` }, FREE, readDeny, NOW);
     expect(small.size).toBeLessThanOrEqual(3);
   });
+
+  it('counts what it holds through expiry, replacement, forget and pruning', () => {
+    const m = new DenyMemory(5000, 4);
+    const quotaOf = (tenantId: string) => ({ ...quotaPlan.request, tenantId });
+    const readOf = (tenantId: string) => ({ ...readPlan.request, tenantId });
+    m.remember(readOf('a'), FREE, readDeny, NOW);
+    m.remember(quotaOf('a'), PRO, quotaDeny, NOW);
+    m.remember(quotaOf('a'), PRO, quotaDeny, NOW + 1); // replaces, not adds
+    expect(m.size).toBe(2);
+    // An expired read memo is dropped when read; the tenant's quota memo stays and still answers.
+    expect(m.recall(readOf('a'), FREE, NOW + 10_000)).toBeUndefined();
+    expect(m.size).toBe(1);
+    expect(m.recall(quotaOf('a'), PRO, NOW + 10)).toMatchObject({ code: 'USAGE_LIMIT_EXCEEDED' });
+    m.forget('a');
+    expect(m.size).toBe(0);
+    // Full of live memos: the oldest tenants give way, and what stays still answers.
+    for (const id of ['b', 'c', 'd', 'e', 'f']) m.remember(readOf(id), FREE, readDeny, NOW);
+    expect(m.size).toBeLessThanOrEqual(4);
+    expect(m.recall(readOf('f'), FREE, NOW + 1)).toBeDefined();
+    expect(m.recall(readOf('b'), FREE, NOW + 1)).toBeUndefined();
+    // Expired memos are what pruning drops first.
+    const n = new DenyMemory(5000, 2);
+    n.remember(readOf('y'), FREE, readDeny, NOW);
+    n.remember(readOf('x'), FREE, readDeny, NOW - 9_000); // newer, but held only until NOW - 4 s
+    n.remember(readOf('z'), FREE, readDeny, NOW + 2_000);
+    expect(n.size).toBe(2);
+    expect(n.recall(readOf('y'), FREE, NOW + 2_001)).toBeDefined();
+    expect(n.recall(readOf('z'), FREE, NOW + 2_001)).toBeDefined();
+  });
 });

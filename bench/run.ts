@@ -10,7 +10,7 @@
 //    server's RSS, prints a table and writes bench/results/latest.json.
 //
 // Options (env): BENCH_SECONDS (per phase, default 10), BENCH_SOAK_SECONDS (default 0: an extra phase at
-// 50% load sampling RSS every 10 s), BENCH_DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/test),
+// 50% load sampling RSS every 10 s), BENCH_BASELINE (another checkout, built: measured in the same rounds), BENCH_DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/test),
 // BENCH_REDIS_URL, BENCH_TENANTS (default 10000), BENCH_OVERLOAD=0 (skips the overload-then-recovery phases:
 // 150% of the maximum, then 50% right after), BENCH_ROUNDS (closed-loop rounds, bare then real, default 3).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
@@ -36,10 +36,10 @@ function log(msg: string): void {
 }
 
 /** Starts a child whose output goes to a log file; resolves once `ready` appears in it. */
-async function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp, logDir: string): Promise<ChildProcess> {
+async function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp, logDir: string, cwd = ROOT): Promise<ChildProcess> {
   const logFile = path.join(logDir, `${name}.log`);
   const fd = openSync(logFile, 'w');
-  const child = spawn(cmd, args, { env, cwd: ROOT, stdio: ['ignore', fd, fd] });
+  const child = spawn(cmd, args, { env, cwd, stdio: ['ignore', fd, fd] });
   closeSync(fd);
   children.push(child);
   const deadline = Date.now() + 60_000;
@@ -152,12 +152,33 @@ async function main(): Promise<void> {
       work,
     );
     const target = `127.0.0.1:${grpcPort}`;
+    // BENCH_BASELINE=<another checkout, built>: its server runs too, on its own Redis, and joins every closed-loop
+    // round, so a change is measured against the code before it under the same drift of the machine.
+    const baselineDir = process.env.BENCH_BASELINE;
+    let baselineTarget: string | null = null;
+    let baseline: ChildProcess | null = null;
+    if (baselineDir !== undefined && baselineDir !== '') {
+      const redisPort = await freePort();
+      await start('baseline-redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], process.env, /Ready to accept connections/, work);
+      const [bGrpc, bHttp] = [await freePort(), await freePort()];
+      baseline = await start(
+        'baseline',
+        process.execPath,
+        [...profile, 'bin/usage-limiter.js', 'serve'],
+        { ...baseEnv, REDIS_URL: `redis://127.0.0.1:${redisPort}`, GRPC_PORT: String(bGrpc), HTTP_PORT: String(bHttp), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
+        /usage-limiter serving/,
+        work,
+        path.resolve(baselineDir),
+      );
+      baselineTarget = `127.0.0.1:${bGrpc}`;
+    }
     const barePort = await freePort();
     const bare = await start('bare', process.execPath, ['bench/bare-server.mjs', String(barePort)], process.env, /listening/, work);
 
     // Warm until every corpus entry has been sent at least once, so the measured phases meet no cold key.
     log('warming the key cache (the whole corpus at least once)');
     for (let sent = 0; sent < 25_000; ) sent += load(target, corpusFile, { seconds: 3 }).sent;
+    if (baselineTarget !== null) for (let sent = 0; sent < 25_000; ) sent += load(baselineTarget, corpusFile, { seconds: 3 }).sent;
     const rssWarm = rssMb(server.pid);
 
     // The maximum, alternating: bare, real, bare, real... (BENCH_ROUNDS, default 3, of SECONDS each). On a
@@ -168,6 +189,7 @@ async function main(): Promise<void> {
     const xact = async () => Number((await pg`select xact_commit from pg_stat_database where datname = ${dbName}`)[0]?.xact_commit ?? 0);
     const xactBefore = await xact();
     const rounds: { bare: LoadResult; real: LoadResult; bareCpuUs: number; realCpuUs: number }[] = [];
+    const baselineRounds: { rate: number; cpuUs: number }[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
       log(`closed loop, round ${round} of ${ROUNDS}: bare grpc-js server, then usage-limiter, ${SECONDS} s each`);
       const bareCpu0 = cpuSeconds(bare.pid);
@@ -177,7 +199,13 @@ async function main(): Promise<void> {
       const realRun = load(target, corpusFile, { seconds: SECONDS });
       const realCpuUs = ((cpuSeconds(server.pid) - realCpu0) * 1e6) / realRun.sent;
       rounds.push({ bare: bareRun, real: realRun, bareCpuUs, realCpuUs });
+      if (baseline !== null && baselineTarget !== null) {
+        const cpu0 = cpuSeconds(baseline.pid);
+        const run = load(baselineTarget, corpusFile, { seconds: SECONDS });
+        baselineRounds.push({ rate: run.ratePerSecond, cpuUs: ((cpuSeconds(baseline.pid) - cpu0) * 1e6) / run.sent });
+      }
     }
+    if (baseline !== null) baseline.kill('SIGTERM');
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const realMax = { ...rounds.at(-1)!.real, ratePerSecond: median(rounds.map((r) => r.real.ratePerSecond)), sent: rounds.reduce((a, r) => a + r.real.sent, 0) };
     const bareMax = { ratePerSecond: median(rounds.map((r) => r.bare.ratePerSecond)) };
@@ -256,6 +284,18 @@ async function main(): Promise<void> {
       checksPerSecond: realMax.ratePerSecond,
       bareChecksPerSecond: bareMax.ratePerSecond,
       ratioToBare: Number(ratioToBare.toFixed(3)),
+      baseline:
+        baselineRounds.length === 0
+          ? null
+          : {
+              dir: baselineDir,
+              checksPerSecond: median(baselineRounds.map((b) => b.rate)),
+              cpuMicrosPerCheck: Math.round(median(baselineRounds.map((b) => b.cpuUs))),
+              // This build against the baseline, round by round (above 1: this build is faster / cheaper).
+              ratio: Number(median(baselineRounds.map((b, i) => (rounds[i]?.real.ratePerSecond ?? 0) / b.rate)).toFixed(3)),
+              cpuRatio: Number(median(baselineRounds.map((b, i) => b.cpuUs / (rounds[i]?.realCpuUs ?? Infinity))).toFixed(3)),
+              rounds: baselineRounds.map((b) => ({ checksPerSecond: b.rate, cpuMicrosPerCheck: Math.round(b.cpuUs) })),
+            },
       rounds: rounds.map((r) => ({
         checksPerSecond: r.real.ratePerSecond,
         bareChecksPerSecond: r.bare.ratePerSecond,
@@ -333,6 +373,12 @@ function printSummary(r: Record<string, any>): void {
     `Checks/s (closed loop)        ${r.checksPerSecond}   bare grpc-js: ${r.bareChecksPerSecond}   ratio: ${(r.ratioToBare * 100).toFixed(1)}%   (load average ${r.loadAverage.toFixed(1)})`,
     `server CPU per Check          ${r.cpuMicrosPerCheck} µs   bare: ${r.bareCpuMicrosPerCheck} µs   ratio: ${(r.cpuRatioToBare * 100).toFixed(1)}%`,
     `  (medians of ${r.rounds.length} alternating rounds: ${(r.rounds as Record<string, number>[]).map((x) => `${x.checksPerSecond}/${x.bareChecksPerSecond}/s, ${x.cpuMicrosPerCheck}/${x.bareCpuMicrosPerCheck} µs`).join('; ')})`,
+    ...(r.baseline === null
+      ? []
+      : [
+          `baseline ${r.baseline.dir}: ${r.baseline.checksPerSecond}/s, ${r.baseline.cpuMicrosPerCheck} µs per Check; this build against it: ${(r.baseline.ratio * 100).toFixed(1)}% by rate, ${(r.baseline.cpuRatio * 100).toFixed(1)}% by CPU (above 100%: better)`,
+          `  (rounds: ${(r.baseline.rounds as Record<string, number>[]).map((x) => `${x.checksPerSecond}/s ${x.cpuMicrosPerCheck} µs`).join('; ')})`,
+        ]),
     `decisions (whole run)         ${(r.decisions as string[]).map((l) => l.replace('usage_limiter_check_decisions_total', '')).join('  ')}`,
     ...Object.entries(r.latencyAtOfferedLoad as Record<string, any>).map(([k, v]) => {
       const b = r.bareLatencyAtSameLoad[k];

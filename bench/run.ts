@@ -140,9 +140,10 @@ async function main(): Promise<void> {
 
     const grpcPort = await freePort();
     const httpPort = await freePort();
-    const profile = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench/results')}`] : [];
-    // BENCH_SERVER_FLAGS: extra node flags for the server process (--trace-gc, --max-semi-space-size=...).
-    profile.push(...(process.env.BENCH_SERVER_FLAGS ?? '').split(' ').filter(Boolean));
+    const cpuProfile = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench/results')}`] : [];
+    // BENCH_SERVER_FLAGS: extra node flags for this build's server process (--trace-gc, --max-semi-space-size=...),
+    // not for a BENCH_BASELINE's, so a flag can be measured against the same code without it.
+    const profile = [...cpuProfile, ...(process.env.BENCH_SERVER_FLAGS ?? '').split(' ').filter(Boolean)];
     const server = await start(
       'server',
       process.execPath,
@@ -164,7 +165,7 @@ async function main(): Promise<void> {
       baseline = await start(
         'baseline',
         process.execPath,
-        [...profile, 'bin/usage-limiter.js', 'serve'],
+        [...cpuProfile, 'bin/usage-limiter.js', 'serve'],
         { ...baseEnv, REDIS_URL: `redis://127.0.0.1:${redisPort}`, GRPC_PORT: String(bGrpc), HTTP_PORT: String(bHttp), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
         /usage-limiter serving/,
         work,

@@ -74,20 +74,20 @@ class Truncated extends Error {
   }
 }
 
-/** A cursor over one message's bytes [pos, end). */
-class Cursor {
-  constructor(
-    readonly buf: Buffer,
-    public pos: number,
-    readonly end: number,
-  ) {}
+/**
+ * The read position in the request's bytes. One per decode: nested messages are walked with their end
+ * offsets as plain numbers, so a request's dozen header entries cost no objects of their own.
+ */
+class Reader {
+  pos = 0;
+  constructor(readonly buf: Buffer) {}
 
   /** A varint as a number; values past 2^53 only matter as lengths, which then fail the bounds check. */
-  varint(): number {
+  varint(end: number): number {
     let result = 0;
     let shift = 1;
     for (let i = 0; i < 10; i++) {
-      if (this.pos >= this.end) throw new Truncated('varint runs past the end');
+      if (this.pos >= end) throw new Truncated('varint runs past the end');
       const b = this.buf[this.pos++] as number;
       result += (b & 0x7f) * shift;
       if (b < 0x80) return result;
@@ -96,51 +96,52 @@ class Cursor {
     throw new Truncated('varint longer than 10 bytes');
   }
 
-  /** Reads a length prefix and returns the sub-range it covers, moving past it. */
-  sub(): Cursor {
-    const len = this.varint();
-    const start = this.pos;
-    if (len > this.end - start) throw new Truncated('length runs past the end');
-    this.pos = start + len;
-    return new Cursor(this.buf, start, start + len);
+  /** Reads a length prefix; returns the end of the field it covers (the field starts at `pos`). */
+  length(end: number): number {
+    const len = this.varint(end);
+    if (len > end - this.pos) throw new Truncated('length runs past the end');
+    return this.pos + len;
   }
 
-  string(): string {
-    const s = this.sub();
-    return s.buf.toString('utf8', s.pos, s.end);
+  /** A length-delimited field as a string; `pos` moves past it. */
+  string(end: number): string {
+    const fieldEnd = this.length(end);
+    const s = this.buf.toString('utf8', this.pos, fieldEnd);
+    this.pos = fieldEnd;
+    return s;
   }
 
-  skip(wireType: number, fieldNo: number): void {
+  skip(wireType: number, fieldNo: number, end: number): void {
     switch (wireType) {
       case VARINT:
-        this.varint();
+        this.varint(end);
         return;
       case FIXED64:
-        this.advance(8);
+        this.advance(8, end);
         return;
       case LENGTH_DELIMITED:
-        this.sub();
+        this.pos = this.length(end);
         return;
       case FIXED32:
-        this.advance(4);
+        this.advance(4, end);
         return;
       case START_GROUP:
         // Deprecated groups: skip nested fields up to the matching end tag.
         for (;;) {
-          const tag = this.varint();
+          const tag = this.varint(end);
           if ((tag & 7) === END_GROUP) {
             if (tag >>> 3 !== fieldNo) throw new Truncated('mismatched end group');
             return;
           }
-          this.skip(tag & 7, tag >>> 3);
+          this.skip(tag & 7, tag >>> 3, end);
         }
       default:
         throw new Truncated(`invalid wire type ${wireType}`);
     }
   }
 
-  private advance(n: number): void {
-    if (n > this.end - this.pos) throw new Truncated('fixed field runs past the end');
+  private advance(n: number, end: number): void {
+    if (n > end - this.pos) throw new Truncated('fixed field runs past the end');
     this.pos += n;
   }
 }
@@ -150,13 +151,19 @@ interface HttpState {
   id: string | undefined;
   method: string | undefined;
   path: string | undefined;
-  /** Wanted headers from the `headers` map; a later entry with the same key replaces an earlier one. */
-  plain: Map<string, string>;
+  /**
+   * Wanted headers from the `headers` map; a later entry with the same key replaces an earlier one. Made
+   * when the first wanted header is found (most requests carry one or two of the three).
+   */
+  plain: Map<string, string> | null;
   /** Whether the `headers` map had any entry at all: if so, header_map is not consulted. */
   plainEntries: number;
   /** Wanted headers from header_map, repeated ones joined with commas (as Envoy joins them in `headers`). */
-  raw: Map<string, string>;
+  raw: Map<string, string> | null;
 }
+
+/** The headers of a request that carried none of the wanted ones. Never written to. */
+const NO_HEADERS: ReadonlyMap<string, string> = new Map();
 
 export type CheckRequestDecoder = (buf: Buffer) => RawHttpRequest;
 
@@ -164,93 +171,122 @@ export type CheckRequestDecoder = (buf: Buffer) => RawHttpRequest;
 export function createCheckRequestDecoder(): CheckRequestDecoder {
   const n = fieldNumbers();
 
-  /** Reads a header name; returns its lower-case form when it is one of the wanted ones, else null. */
-  function wantedName(c: Cursor): string | null {
-    const len = c.end - c.pos;
-    if (!WANTED_LENGTHS.has(len)) return null;
-    const name = c.buf.toString('latin1', c.pos, c.end).toLowerCase();
+  /** The header name in [pos, end): its lower-case form when it is one of the wanted ones, else null. */
+  function wantedName(r: Reader, end: number): string | null {
+    if (!WANTED_LENGTHS.has(end - r.pos)) return null;
+    const name = r.buf.toString('latin1', r.pos, end).toLowerCase();
     return WANTED_HEADERS.has(name) ? name : null;
   }
 
-  function headersEntry(c: Cursor, st: HttpState): void {
+  /** One entry of the `headers` map, in [pos, end). */
+  function headersEntry(r: Reader, end: number, st: HttpState): void {
     st.plainEntries++;
     let name: string | null = null;
     let sawKey = false;
     // The value's range is kept and decoded only when the entry's key turns out to be wanted (a key may
     // legally come after its value).
-    let value: Cursor | null = null;
-    while (c.pos < c.end) {
-      const tag = c.varint();
+    let valueStart = -1;
+    let valueEnd = -1;
+    while (r.pos < end) {
+      const tag = r.varint(end);
       const wt = tag & 7;
       const no = tag >>> 3;
       if (no === MAP_KEY && wt === LENGTH_DELIMITED) {
+        const keyEnd = r.length(end);
         sawKey = true;
-        name = wantedName(c.sub());
-      } else if (no === MAP_VALUE && wt === LENGTH_DELIMITED) value = c.sub();
-      else c.skip(wt, no);
+        name = wantedName(r, keyEnd);
+        r.pos = keyEnd;
+      } else if (no === MAP_VALUE && wt === LENGTH_DELIMITED) {
+        valueEnd = r.length(end);
+        valueStart = r.pos;
+        r.pos = valueEnd;
+      } else r.skip(wt, no, end);
     }
-    if (sawKey && name !== null) st.plain.set(name, value === null ? '' : value.buf.toString('utf8', value.pos, value.end));
+    if (sawKey && name !== null) {
+      st.plain ??= new Map();
+      st.plain.set(name, valueStart < 0 ? '' : r.buf.toString('utf8', valueStart, valueEnd));
+    }
   }
 
-  function headerValue(c: Cursor, st: HttpState): void {
+  /** One HeaderValue of header_map, in [pos, end). */
+  function headerValue(r: Reader, end: number, st: HttpState): void {
     let name: string | null = null;
     let value = '';
     let raw: string | null = null;
-    while (c.pos < c.end) {
-      const tag = c.varint();
+    while (r.pos < end) {
+      const tag = r.varint(end);
       const wt = tag & 7;
       const no = tag >>> 3;
-      if (no === n.headerKey && wt === LENGTH_DELIMITED) name = wantedName(c.sub());
-      else if (no === n.headerValue && wt === LENGTH_DELIMITED) value = c.string();
+      if (no === n.headerKey && wt === LENGTH_DELIMITED) {
+        const keyEnd = r.length(end);
+        name = wantedName(r, keyEnd);
+        r.pos = keyEnd;
+      } else if (no === n.headerValue && wt === LENGTH_DELIMITED) value = r.string(end);
       else if (no === n.headerRawValue && wt === LENGTH_DELIMITED) {
         // TextDecoder, as the full mapping decodes raw_value: it drops a leading byte-order mark.
-        const r = c.sub();
-        raw = rawDecoder.decode(r.buf.subarray(r.pos, r.end));
-      }
-      else c.skip(wt, no);
+        const rawEnd = r.length(end);
+        raw = rawDecoder.decode(r.buf.subarray(r.pos, rawEnd));
+        r.pos = rawEnd;
+      } else r.skip(wt, no, end);
     }
     if (name === null) return;
     const v = value !== '' ? value : (raw ?? '');
+    st.raw ??= new Map();
     const prev = st.raw.get(name);
     st.raw.set(name, prev === undefined ? v : `${prev},${v}`);
   }
 
-  function httpRequest(c: Cursor, st: HttpState): void {
-    while (c.pos < c.end) {
-      const tag = c.varint();
+  /** An HttpRequest, in [pos, end). */
+  function httpRequest(r: Reader, end: number, st: HttpState): void {
+    while (r.pos < end) {
+      const tag = r.varint(end);
       const wt = tag & 7;
       const no = tag >>> 3;
-      if (wt !== LENGTH_DELIMITED) c.skip(wt, no);
-      else if (no === n.method) st.method = c.string();
-      else if (no === n.path) st.path = c.string();
-      else if (no === n.id) st.id = c.string();
-      else if (no === n.headers) headersEntry(c.sub(), st);
-      else if (no === n.headerMap) each(c.sub(), n.headerMapHeaders, (h) => headerValue(h, st));
-      else c.skip(wt, no);
+      if (wt !== LENGTH_DELIMITED) r.skip(wt, no, end);
+      else if (no === n.method) st.method = r.string(end);
+      else if (no === n.path) st.path = r.string(end);
+      else if (no === n.id) st.id = r.string(end);
+      else if (no === n.headers) headersEntry(r, r.length(end), st);
+      else if (no === n.headerMap) {
+        const mapEnd = r.length(end);
+        while (r.pos < mapEnd) {
+          const t = r.varint(mapEnd);
+          if (t >>> 3 === n.headerMapHeaders && (t & 7) === LENGTH_DELIMITED) headerValue(r, r.length(mapEnd), st);
+          else r.skip(t & 7, t >>> 3, mapEnd);
+        }
+      } else r.skip(wt, no, end);
     }
   }
 
-  /** Walks `c` and calls `inner` on every occurrence of field `field` (a message). */
-  function each(c: Cursor, field: number, inner: (sub: Cursor) => void): void {
-    while (c.pos < c.end) {
-      const tag = c.varint();
+  /**
+   * Walks the message in [pos, end) and, for every occurrence of the message field `path[depth]`, walks
+   * into it; at the end of the path, reads an HttpRequest. (CheckRequest → attributes → request → http.)
+   */
+  function walk(r: Reader, end: number, path: readonly number[], depth: number, st: HttpState): void {
+    const field = path[depth];
+    while (r.pos < end) {
+      const tag = r.varint(end);
       const wt = tag & 7;
       const no = tag >>> 3;
-      if (no === field && wt === LENGTH_DELIMITED) inner(c.sub());
-      else c.skip(wt, no);
+      if (no === field && wt === LENGTH_DELIMITED) {
+        const subEnd = r.length(end);
+        if (depth === path.length - 1) httpRequest(r, subEnd, st);
+        else walk(r, subEnd, path, depth + 1, st);
+        // Every walker stops at its end; this only restates it.
+        r.pos = subEnd;
+      } else r.skip(wt, no, end);
     }
   }
 
+  const toHttp = [n.attributes, n.request, n.http];
   return (buf) => {
-    const st: HttpState = { id: undefined, method: undefined, path: undefined, plain: new Map(), plainEntries: 0, raw: new Map() };
-    each(new Cursor(buf, 0, buf.length), n.attributes, (attrs) =>
-      each(attrs, n.request, (req) => each(req, n.http, (http) => httpRequest(http, st))),
-    );
+    const st: HttpState = { id: undefined, method: undefined, path: undefined, plain: null, plainEntries: 0, raw: null };
+    walk(new Reader(buf), buf.length, toHttp, 0, st);
     return {
       method: st.method,
       path: st.path,
       id: st.id,
-      headers: st.plainEntries > 0 ? st.plain : st.raw,
+      headers: (st.plainEntries > 0 ? st.plain : st.raw) ?? NO_HEADERS,
     };
   };
 }

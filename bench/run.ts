@@ -144,11 +144,13 @@ async function main(): Promise<void> {
     // BENCH_SERVER_FLAGS: extra node flags for this build's server process (--trace-gc, --max-semi-space-size=...),
     // not for a BENCH_BASELINE's, so a flag can be measured against the same code without it.
     const profile = [...cpuProfile, ...(process.env.BENCH_SERVER_FLAGS ?? '').split(' ').filter(Boolean)];
+    // BENCH_SERVER_ENV: extra environment for this build's server ("MALLOC_ARENA_MAX=2 DENY_MEMORY_MS=0").
+    const serverEnv = Object.fromEntries((process.env.BENCH_SERVER_ENV ?? '').split(' ').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
     const server = await start(
       'server',
       process.execPath,
       [...profile, 'bin/usage-limiter.js', 'serve'],
-      { ...baseEnv, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: redisUrl, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
+      { ...baseEnv, ...serverEnv, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: redisUrl, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
       /usage-limiter serving/,
       work,
     );
@@ -180,6 +182,7 @@ async function main(): Promise<void> {
     log('warming the key cache (the whole corpus at least once)');
     for (let sent = 0; sent < 25_000; ) sent += load(target, corpusFile, { seconds: 3 }).sent;
     if (baselineTarget !== null) for (let sent = 0; sent < 25_000; ) sent += load(baselineTarget, corpusFile, { seconds: 3 }).sent;
+    const baselineRssWarm = baseline === null ? null : rssMb(baseline.pid);
     const rssWarm = rssMb(server.pid);
 
     // The maximum, alternating: bare, real, bare, real... (BENCH_ROUNDS, default 3, of SECONDS each). On a
@@ -206,6 +209,7 @@ async function main(): Promise<void> {
         baselineRounds.push({ rate: run.ratePerSecond, cpuUs: ((cpuSeconds(baseline.pid) - cpu0) * 1e6) / run.sent });
       }
     }
+    const baselineRssAfter = baseline === null ? null : rssMb(baseline.pid);
     if (baseline !== null) baseline.kill('SIGTERM');
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const realMax = { ...rounds.at(-1)!.real, ratePerSecond: median(rounds.map((r) => r.real.ratePerSecond)), sent: rounds.reduce((a, r) => a + r.real.sent, 0) };
@@ -296,6 +300,7 @@ async function main(): Promise<void> {
               ratio: Number(median(baselineRounds.map((b, i) => (rounds[i]?.real.ratePerSecond ?? 0) / b.rate)).toFixed(3)),
               cpuRatio: Number(median(baselineRounds.map((b, i) => b.cpuUs / (rounds[i]?.realCpuUs ?? Infinity))).toFixed(3)),
               rounds: baselineRounds.map((b) => ({ checksPerSecond: b.rate, cpuMicrosPerCheck: Math.round(b.cpuUs) })),
+              rssMb: { afterWarmup: baselineRssWarm, afterRounds: baselineRssAfter },
             },
       rounds: rounds.map((r) => ({
         checksPerSecond: r.real.ratePerSecond,
@@ -378,7 +383,7 @@ function printSummary(r: Record<string, any>): void {
       ? []
       : [
           `baseline ${r.baseline.dir}: ${r.baseline.checksPerSecond}/s, ${r.baseline.cpuMicrosPerCheck} µs per Check; this build against it: ${(r.baseline.ratio * 100).toFixed(1)}% by rate, ${(r.baseline.cpuRatio * 100).toFixed(1)}% by CPU (above 100%: better)`,
-          `  (rounds: ${(r.baseline.rounds as Record<string, number>[]).map((x) => `${x.checksPerSecond}/s ${x.cpuMicrosPerCheck} µs`).join('; ')})`,
+          `  (rounds: ${(r.baseline.rounds as Record<string, number>[]).map((x) => `${x.checksPerSecond}/s ${x.cpuMicrosPerCheck} µs`).join('; ')}; RSS ${r.baseline.rssMb.afterWarmup} MB after warm-up, ${r.baseline.rssMb.afterRounds} MB after the rounds)`,
         ]),
     `decisions (whole run)         ${(r.decisions as string[]).map((l) => l.replace('usage_limiter_check_decisions_total', '')).join('  ')}`,
     ...Object.entries(r.latencyAtOfferedLoad as Record<string, any>).map(([k, v]) => {

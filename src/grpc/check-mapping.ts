@@ -59,14 +59,17 @@ const bodyHeads = new Map<string, { message: string; text: string }>();
 
 /** The JSON body of every denial: `{"code","message","requestId"}`. */
 export function denialBody(code: string, message: string, requestId: string): string {
-  // Only the request id varies between denials of one code: the rest is serialised once (a third of the
-  // cost of stringifying the object on every 429). JSON.stringify still escapes each part.
+  // For a code whose message is fixed, only the request id varies: the rest is serialised once (a third of
+  // the cost of stringifying the object on every 429). A code's first message is the one kept; a message
+  // that differs from it (the quota denial names the usage and the limit) is serialised each time.
+  // JSON.stringify still escapes every part.
   let head = bodyHeads.get(code);
-  if (head === undefined || head.message !== message) {
+  if (head === undefined) {
     head = { message, text: `{"code":${JSON.stringify(code)},"message":${JSON.stringify(message)},"requestId":` };
     if (bodyHeads.size < 64) bodyHeads.set(code, head);
   }
-  return `${head.text}${JSON.stringify(requestId)}}`;
+  const text = head.message === message ? head.text : `{"code":${JSON.stringify(code)},"message":${JSON.stringify(message)},"requestId":`;
+  return `${text}${JSON.stringify(requestId)}}`;
 }
 
 export function toCheckResponse(decision: Decision, requestId: string): CheckResponseMessage {

@@ -191,7 +191,7 @@ export function createCheckResponseEncoder(): CheckResponseEncoder {
     const fields = res.dynamic_metadata?.fields;
     if (fields !== undefined) {
       const m = w.open(N.metadata);
-      for (const key in fields) {
+      for (const key of Object.keys(fields)) {
         const v = fields[key];
         if (v === undefined) continue;
         // A map entry: key = 1, value = 2.

@@ -122,7 +122,8 @@ export class DenyMemory {
     if (t.read === undefined && t.quota.size === 0) this.tenants.delete(tenantId);
   }
 
-  // Drop expired memos; if all are live, drop the oldest tenants (Map order) to stay bounded.
+  // Drop expired memos; if that is not enough, drop whole tenants, oldest first (Map order), to stay
+  // bounded. A dropped memo only costs its tenant the next Check's round trip to Redis.
   private prune(nowMs: number): void {
     for (const [id, t] of this.tenants) {
       if (t.read !== undefined && t.read.untilMs <= nowMs) {

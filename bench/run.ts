@@ -168,7 +168,7 @@ async function main(): Promise<void> {
         'baseline',
         process.execPath,
         [...cpuProfile, 'bin/usage-limiter.js', 'serve'],
-        { ...baseEnv, REDIS_URL: `redis://127.0.0.1:${redisPort}`, GRPC_PORT: String(bGrpc), HTTP_PORT: String(bHttp), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
+        { ...baseEnv, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: `redis://127.0.0.1:${redisPort}`, GRPC_PORT: String(bGrpc), HTTP_PORT: String(bHttp), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
         /usage-limiter serving/,
         work,
         path.resolve(baselineDir),
@@ -210,7 +210,6 @@ async function main(): Promise<void> {
       }
     }
     const baselineRssAfter = baseline === null ? null : rssMb(baseline.pid);
-    if (baseline !== null) baseline.kill('SIGTERM');
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const realMax = { ...rounds.at(-1)!.real, ratePerSecond: median(rounds.map((r) => r.real.ratePerSecond)), sent: rounds.reduce((a, r) => a + r.real.sent, 0) };
     const bareMax = { ratePerSecond: median(rounds.map((r) => r.bare.ratePerSecond)) };
@@ -219,6 +218,8 @@ async function main(): Promise<void> {
     const ratioToBare = median(rounds.map((r) => r.real.ratePerSecond / r.bare.ratePerSecond));
     const cpuRatioToBare = median(rounds.map((r) => r.bareCpuUs / r.realCpuUs));
     const xactAfter = await xact();
+    // (After the Postgres count: a baseline's shutdown must not land in it.)
+    if (baseline !== null) baseline.kill('SIGTERM');
     const statsAfter = await commandStats(redis);
     const cmds = diff(statsBefore, statsAfter);
     const totalCommands = Object.values(cmds).reduce((a, b) => a + b, 0);
@@ -335,7 +336,9 @@ async function main(): Promise<void> {
       postgres: {
         transactionsDuringMax: xactAfter - xactBefore,
         transactionsPerCheck: Number(((xactAfter - xactBefore) / realMax.sent).toFixed(6)),
-        note: 'includes the directory version poll (one query a second per replica) and this measurement itself',
+        note:
+          'includes the directory version poll (one query a second per replica) and this measurement itself' +
+          (baseline === null ? '' : ", and the baseline server's queries (it shares the database)"),
       },
       rssMb: { afterWarmup: rssWarm, afterLatencyPhases: rssSamples[0], soakSamples: rssSamples },
     };

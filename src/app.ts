@@ -15,6 +15,7 @@ import type { Logger } from './logger.js';
 import { buildAlerts, type BuildAlertsOptions } from './alerts/build.js';
 import type { AlertService } from './alerts/alert-service.js';
 import { registerMetrics, type CheckMetrics } from './metrics.js';
+import { registerRuntimeMetrics } from './telemetry/runtime-metrics.js';
 import { billingBacklog } from './telemetry/backlogs.js';
 import { checkSpans } from './telemetry/check-span.js';
 import { createTelemetry, installedTelemetry, type Telemetry } from './telemetry/telemetry.js';
@@ -159,6 +160,8 @@ export async function startApp(config: Config, opts: AppOptions): Promise<App> {
       alerts,
       billingBacklog: billingBacklog(database),
     });
+    const runtime = registerRuntimeMetrics(telemetry.meter);
+    cleanups.push(async () => runtime.stop());
     alerts.start();
     let serving = false;
 

@@ -157,6 +157,39 @@ describe.skipIf(!services)('telemetry', () => {
     expect(m.samples.every((s) => !Object.keys(s.labels).some((l) => l.includes('tenant')))).toBe(true);
   });
 
+  it("serves the process's own health: memory, event-loop delay and garbage-collection pauses", async () => {
+    // A stall of the event loop, and garbage enough for several scavenges.
+    const until = performance.now() + 80;
+    while (performance.now() < until) {
+      // busy: the loop cannot run
+    }
+    let keep = 0;
+    for (let i = 0; i < 200; i++) keep += new Array(20_000).fill(i).length;
+    expect(keep).toBe(4_000_000);
+    await new Promise((r) => setTimeout(r, 100)); // GC entries reach the observer asynchronously
+    const m = parsePrometheus(await scrape());
+
+    expect(m.types.get('process_resident_memory_bytes')).toBe('gauge');
+    const rss = m.value('process_resident_memory_bytes');
+    expect(rss).toBeGreaterThan(process.memoryUsage.rss() / 2);
+    expect(rss).toBeLessThan(process.memoryUsage.rss() * 2);
+    const used = m.value('nodejs_heap_size_used_bytes');
+    expect(used).toBeGreaterThan(1_000_000);
+    expect(used).toBeLessThanOrEqual(m.value('nodejs_heap_size_total_bytes'));
+    expect(m.value('nodejs_external_memory_bytes')).toBeGreaterThan(0);
+
+    expect(m.types.get('nodejs_gc_duration_seconds')).toBe('histogram');
+    expect(m.value('nodejs_gc_duration_seconds_count', { kind: 'minor' })).toBeGreaterThanOrEqual(1);
+    expect(m.value('nodejs_gc_duration_seconds_sum', { kind: 'minor' })).toBeGreaterThan(0);
+
+    // The 80 ms stall is the longest delay the monitor saw; the median is a normal turn.
+    expect(m.value('nodejs_eventloop_lag_max_seconds')).toBeGreaterThanOrEqual(0.06);
+    expect(m.value('nodejs_eventloop_lag_p50_seconds')).toBeLessThan(0.06);
+    expect(m.value('nodejs_eventloop_lag_p99_seconds')).toBeLessThanOrEqual(m.value('nodejs_eventloop_lag_max_seconds'));
+    // Labels are the collector's kind only.
+    expect(m.find('nodejs_gc_duration_seconds_count').every((s) => ['minor', 'major', 'incremental', 'weakcb', 'other'].includes(s.labels.kind ?? ''))).toBe(true);
+  });
+
   it('counts backlogs from Postgres: undelivered alerts and billing batches in flight', async () => {
     const { alertOutbox, usageReports } = await import('../../src/db/schema.js');
     await h.app.database.db.insert(usageReports).values({ tenantId: 't', endpoint: '/verify', period: '2025-09', pendingIdentifier: 'x', pendingUnits: 3 });

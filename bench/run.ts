@@ -228,22 +228,39 @@ async function main(): Promise<void> {
 
     const latency: Record<string, LoadResult> = {};
     const bareLatency: Record<string, LoadResult> = {};
-    // Per phase: Checks shed past their deadline, and Redis failures or timeouts (each a failure-policy answer).
-    const counter = async (name: string) => {
-      const line = (await metricsText(httpPort)).split('\n').find((l) => l.startsWith(`${name} `));
-      return line === undefined ? 0 : Number(line.split(' ')[1]);
+    // Per phase, from the server's /metrics: Checks shed past their deadline, Redis failures or timeouts (each a
+    // failure-policy answer), and the garbage-collection pauses the phase met (in all, and the full ones).
+    interface PhaseCounters {
+      shed: number;
+      storeErrors: number;
+      gcPauseMs: number;
+      fullGcs: number;
+    }
+    const serverCounters = async (): Promise<PhaseCounters> => {
+      const lines = (await metricsText(httpPort)).split('\n');
+      const sum = (prefix: string) =>
+        lines.filter((l) => l.startsWith(prefix)).reduce((a, l) => a + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
+      return {
+        shed: sum('usage_limiter_checks_shed_total '),
+        storeErrors: sum('usage_limiter_store_errors_total '),
+        gcPauseMs: Math.round(sum('nodejs_gc_duration_seconds_sum{') * 1000),
+        fullGcs: sum('nodejs_gc_duration_seconds_count{kind="major"}'),
+      };
     };
-    const overload: Record<string, { shed: number; storeErrors: number }> = {};
+    const phaseDelta = (a: PhaseCounters, b: PhaseCounters): PhaseCounters => ({
+      shed: b.shed - a.shed,
+      storeErrors: b.storeErrors - a.storeErrors,
+      gcPauseMs: b.gcPauseMs - a.gcPauseMs,
+      fullGcs: b.fullGcs - a.fullGcs,
+    });
+    const overload: Record<string, PhaseCounters> = {};
     // BENCH_ONLY_MAX=1 (with BENCH_PROFILE=1) keeps the profile to the saturated phase.
     for (const pct of process.env.BENCH_ONLY_MAX === '1' ? [] : [25, 50, 80]) {
       const rate = (realMax.ratePerSecond * pct) / 100;
       log(`usage-limiter, open loop at ${pct}% of max, ${SECONDS} s`);
-      const [shed0, err0] = [await counter('usage_limiter_checks_shed_total'), await counter('usage_limiter_store_errors_total')];
+      const before = await serverCounters();
       latency[`${pct}%`] = load(target, corpusFile, { seconds: SECONDS, rate });
-      overload[`${pct}%`] = {
-        shed: (await counter('usage_limiter_checks_shed_total')) - shed0,
-        storeErrors: (await counter('usage_limiter_store_errors_total')) - err0,
-      };
+      overload[`${pct}%`] = phaseDelta(before, await serverCounters());
       // The same offered rate against the bare server: the floor this machine and generator put under
       // every latency figure (scheduling, loopback, the generator's own timer).
       log(`bare grpc-js server, open loop at the same rate, ${SECONDS} s`);
@@ -252,17 +269,13 @@ async function main(): Promise<void> {
     // Overload, then recovery: 150% of the maximum for a phase, then 50% at once. A server whose overload is
     // metastable stays slow in the second phase although the load is back to what it handles (see README).
     // BENCH_OVERLOAD=0 skips it.
-    const overloadPhases: Record<string, LoadResult & { shed: number; storeErrors: number }> = {};
+    const overloadPhases: Record<string, LoadResult & PhaseCounters> = {};
     if (process.env.BENCH_ONLY_MAX !== '1' && process.env.BENCH_OVERLOAD !== '0') {
       for (const [name, pct] of [['150%', 150], ['50% after it', 50]] as const) {
         log(`usage-limiter, open loop at ${pct}% of max${name === '150%' ? ' (overload)' : ', right after the overload'}, ${SECONDS} s`);
-        const [shed0, err0] = [await counter('usage_limiter_checks_shed_total'), await counter('usage_limiter_store_errors_total')];
+        const before = await serverCounters();
         const r = load(target, corpusFile, { seconds: SECONDS, rate: (realMax.ratePerSecond * pct) / 100 });
-        overloadPhases[name] = {
-          ...r,
-          shed: (await counter('usage_limiter_checks_shed_total')) - shed0,
-          storeErrors: (await counter('usage_limiter_store_errors_total')) - err0,
-        };
+        overloadPhases[name] = { ...r, ...phaseDelta(before, await serverCounters()) };
       }
     }
     bare.kill('SIGTERM');
@@ -323,7 +336,7 @@ async function main(): Promise<void> {
         Object.entries(bareLatency).map(([k, v]) => [k, { offered: Math.round(v.offeredRate ?? 0), answered: v.ratePerSecond, ...v.latencyMs, errors: v.errors, pastDeadline: v.timedOut, overflow: v.overflow }]),
       ),
       overloadThenRecovery: Object.fromEntries(
-        Object.entries(overloadPhases).map(([k, v]) => [k, { offered: Math.round(v.offeredRate ?? 0), answeredPerSecond: v.ratePerSecond, ...v.latencyMs, errors: v.errors, pastDeadline: v.timedOut, overflow: v.overflow, shed: v.shed, storeErrors: v.storeErrors }]),
+        Object.entries(overloadPhases).map(([k, v]) => [k, { offered: Math.round(v.offeredRate ?? 0), answeredPerSecond: v.ratePerSecond, ...v.latencyMs, errors: v.errors, pastDeadline: v.timedOut, overflow: v.overflow, shed: v.shed, storeErrors: v.storeErrors, gcPauseMs: v.gcPauseMs, fullGcs: v.fullGcs }]),
       ),
       generatorCpuShareAtMax: realMax.generator.cpuShare,
       redis: {
@@ -391,11 +404,11 @@ function printSummary(r: Record<string, any>): void {
     `decisions (whole run)         ${(r.decisions as string[]).map((l) => l.replace('usage_limiter_check_decisions_total', '')).join('  ')}`,
     ...Object.entries(r.latencyAtOfferedLoad as Record<string, any>).map(([k, v]) => {
       const b = r.bareLatencyAtSameLoad[k];
-      return `latency at ${k.padEnd(4)} (${String(v.offered).padStart(5)}/s)  p50 ${v.p50.toFixed(2)} ms  p99 ${v.p99.toFixed(2)} ms  p999 ${v.p999.toFixed(2)} ms   (bare at the same rate: p50 ${b.p50.toFixed(2)}  p99 ${b.p99.toFixed(2)}  p999 ${b.p999.toFixed(2)})  ${envoyView(v)}, shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`;
+      return `latency at ${k.padEnd(4)} (${String(v.offered).padStart(5)}/s)  p50 ${v.p50.toFixed(2)} ms  p99 ${v.p99.toFixed(2)} ms  p999 ${v.p999.toFixed(2)} ms   (bare at the same rate: p50 ${b.p50.toFixed(2)}  p99 ${b.p99.toFixed(2)}  p999 ${b.p999.toFixed(2)})  ${envoyView(v)}, shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}, GC pauses ${v.gcPauseMs} ms (${v.fullGcs} full)`;
     }),
     ...Object.entries(r.overloadThenRecovery as Record<string, any>).map(
       ([k, v]) =>
-        `overload: ${k.padEnd(13)} offered ${v.offered}/s, answered ${v.answeredPerSecond}/s  p50 ${v.p50?.toFixed(2)} ms  p99 ${v.p99?.toFixed(2)} ms  p999 ${v.p999?.toFixed(2)} ms  ${envoyView(v)}, shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}`,
+        `overload: ${k.padEnd(13)} offered ${v.offered}/s, answered ${v.answeredPerSecond}/s  p50 ${v.p50?.toFixed(2)} ms  p99 ${v.p99?.toFixed(2)} ms  p999 ${v.p999?.toFixed(2)} ms  ${envoyView(v)}, shed ${v.shed}, Redis errors/timeouts ${v.storeErrors}, GC pauses ${v.gcPauseMs} ms (${v.fullGcs} full)`,
     ),
     `Redis per Check               ${r.redis.commandsPerCheck} commands, ${r.redis.roundTripsPerCheck} round trips (${r.redis.roundTripsPerRedisCheck} per Check that touches Redis; ${(r.redis.checksTouchingRedis * 100).toFixed(0)}% do)`,
     `Postgres per warm Check       ${r.postgres.transactionsPerCheck} (${r.postgres.transactionsDuringMax} transactions in the max phase)`,

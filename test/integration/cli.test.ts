@@ -1,7 +1,7 @@
 // The newcomer's path with the real binary: `serve` with nothing configured (embedded PGlite, memory
 // counters, demo tenants), `check` against it, and a bad variable stopping start-up with its name.
 import { spawn, execFile, type ChildProcess } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -90,6 +90,15 @@ describe('usage-limiter CLI with embedded defaults', () => {
     expect(stderr).toMatch(/GRPC_PORT: /);
     expect(stderr).toMatch(/REDIS_URL: must be a redis:\/\/ or rediss:\/\/ URL/);
     expect(stderr).not.toContain('ninety');
+  });
+
+  it('a Node without crypto.hash (before 20.12) is refused at start, naming the version needed', async () => {
+    // crypto.hash removed before the binary loads, as on Node 20.11.
+    const older = path.join(dir, 'no-crypto-hash.cjs');
+    writeFileSync(older, "delete require('node:crypto').hash;\n");
+    const err = await run(process.execPath, ['--require', older, BIN, 'serve'], { cwd: dir, env: cleanEnv({}) }).catch((e: { code: number; stderr: string }) => e);
+    expect(err).toMatchObject({ code: 1 });
+    expect((err as { stderr: string }).stderr).toBe(`usage-limiter: Node 20.12 or later is required (this is ${process.version})\n`);
   });
 
   it('apply rejects a bad file listing every problem, and check without a server says so', async () => {

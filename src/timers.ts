@@ -39,3 +39,48 @@ export function timeoutAfterPoll(ms: number, onTimeout: () => void, onDue?: () =
     if (grace !== undefined) clearTimeout(grace);
   };
 }
+
+export interface WithinOptions {
+  /**
+   * Give up only after reading what has already arrived (`timeoutAfterPoll`): for calls on the Check's path,
+   * where a reply stuck behind a long turn of the event loop must not lose to the timer.
+   */
+  readonly poll?: boolean;
+  /** Do not keep the process alive for this timer alone (background work such as a scrape or a ping). */
+  readonly unref?: boolean;
+}
+
+/**
+ * `p`'s outcome if it settles within `ms`, else `onTimeout()`'s: its value, or the error it throws. What `p`
+ * does after that is ignored, a rejection included (it is handled, so it never surfaces as unhandled). The
+ * one timeout race of the codebase: the Check's store and directory calls, the database's deadlines, the
+ * bounded QUIT and the scrape's backlog queries all use it.
+ */
+export function within<T>(p: PromiseLike<T>, ms: number, onTimeout: () => T, opts: WithinOptions = {}): Promise<T> {
+  return new Promise<T>((resolve, reject) => {
+    const expire = (): void => {
+      try {
+        resolve(onTimeout());
+      } catch (err) {
+        reject(err);
+      }
+    };
+    let cancel: () => void;
+    if (opts.poll === true) cancel = timeoutAfterPoll(ms, expire);
+    else {
+      const timer = setTimeout(expire, ms);
+      if (opts.unref === true) timer.unref();
+      cancel = () => clearTimeout(timer);
+    }
+    p.then(
+      (v) => {
+        cancel();
+        resolve(v);
+      },
+      (err: unknown) => {
+        cancel();
+        reject(err);
+      },
+    );
+  });
+}

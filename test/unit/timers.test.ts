@@ -3,7 +3,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import net from 'node:net';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
-import { POLL_GRACE_MS, timeoutAfterPoll } from '../../src/timers.js';
+import { POLL_GRACE_MS, timeoutAfterPoll, within } from '../../src/timers.js';
 
 type Race = (ms: number, onTimeout: () => void) => () => void;
 const plainTimeout: Race = (ms, onTimeout) => {
@@ -124,5 +124,67 @@ describe('timeoutAfterPoll', () => {
     await new Promise((resolve) => setTimeout(resolve, 40));
     expect(due).toBe(1);
     expect(fired).toBe(0);
+  });
+});
+
+describe('within', () => {
+  const sleep = (ms: number) => new Promise<void>((r) => setTimeout(r, ms));
+  const later = <T>(ms: number, v: T) => sleep(ms).then(() => v);
+  const failLater = (ms: number, err: Error) => sleep(ms).then(() => Promise.reject(err));
+
+  it("settles as the promise does when it is in time, and never calls onTimeout then", async () => {
+    let timedOut = 0;
+    const onTimeout = () => {
+      timedOut++;
+      return 'timeout';
+    };
+    await expect(within(later(5, 'value'), 200, onTimeout)).resolves.toBe('value');
+    await expect(within(failLater(5, new Error('boom')), 200, onTimeout)).rejects.toThrow('boom');
+    await expect(within(later(5, 'polled'), 200, onTimeout, { poll: true })).resolves.toBe('polled');
+    await sleep(250); // past every timer: none fired after its promise settled
+    expect(timedOut).toBe(0);
+  });
+
+  it("takes onTimeout's value, or its error, when the promise is late; what the promise does later is ignored", async () => {
+    const unhandled: unknown[] = [];
+    const onUnhandled = (err: unknown) => unhandled.push(err);
+    process.on('unhandledRejection', onUnhandled);
+    try {
+      await expect(within(later(100, 'late'), 10, () => 'fallback')).resolves.toBe('fallback');
+      await expect(
+        within(failLater(50, new Error('late failure')), 10, () => {
+          throw new Error('gave up');
+        }),
+      ).rejects.toThrow('gave up');
+      await expect(within(new Promise<string>(() => {}), 10, () => 'never settles', { unref: true })).resolves.toBe('never settles');
+      // With poll, giving up comes a poll grace after the deadline.
+      const t0 = performance.now();
+      await expect(within(new Promise<string>(() => {}), 20, () => 'polled out', { poll: true })).resolves.toBe('polled out');
+      expect(performance.now() - t0).toBeGreaterThanOrEqual(20 + POLL_GRACE_MS - 1);
+      await sleep(120); // the late promises settle now: nothing may surface
+      expect(unhandled).toEqual([]);
+    } finally {
+      process.off('unhandledRejection', onUnhandled);
+    }
+  });
+
+  it('with unref, does not keep the process alive for its timer alone', async () => {
+    // A process whose only pending work is a within() on a promise that never settles: it exits at once
+    // with unref, and only after the timer without it.
+    const script = (unref: boolean) => `
+      import { within } from ${JSON.stringify(new URL('../../src/timers.ts', import.meta.url).pathname)};
+      const t0 = Date.now();
+      process.on('exit', () => console.log(Date.now() - t0));
+      within(new Promise(() => {}), 1500, () => 0, { unref: ${unref} });`;
+    const run = async (unref: boolean) => {
+      const child = spawn(process.execPath, ['--import', 'tsx', '--input-type=module', '-e', script(unref)], { stdio: ['ignore', 'pipe', 'inherit'] });
+      let out = '';
+      child.stdout!.on('data', (d: Buffer) => (out += d.toString()));
+      await new Promise((r) => child.once('exit', r));
+      return Number(out.trim());
+    };
+    const [withUnref, without] = await Promise.all([run(true), run(false)]);
+    expect(withUnref).toBeLessThan(1000);
+    expect(without).toBeGreaterThanOrEqual(1400);
   });
 });

@@ -1,5 +1,6 @@
 import type { Attributes, Histogram, Meter, ObservableResult } from '@opentelemetry/api';
 import type { Decision } from './core/decide.js';
+import { within } from './timers.js';
 import type { KeyCache } from './directory/key-cache.js';
 import type { CheckService } from './service/check-service.js';
 
@@ -67,13 +68,9 @@ export class CheckMetrics {
 }
 
 function bounded<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error('timed out')), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  return within(p, ms, () => {
+    throw new Error('timed out');
+  });
 }
 
 export function registerMetrics(meter: Meter, s: MetricsSources): CheckMetrics {

@@ -1,4 +1,5 @@
 import type { Logger } from '../logger.js';
+import { within } from '../timers.js';
 import type { Outbox, OutboxRow } from './outbox.js';
 import { postWebhook, tenantWebhookSecret, type DeliveryResult, type WebhookRequest } from './webhook.js';
 
@@ -74,9 +75,7 @@ export class AlertDispatcher {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
     if (this.running === null) return;
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([this.running, new Promise<void>((r) => (timer = setTimeout(r, waitMs)))]);
-    clearTimeout(timer);
+    await within(this.running, waitMs, () => undefined);
   }
 
   private async loop(): Promise<void> {

@@ -13,6 +13,7 @@ import { periodFor, type Period } from '../core/period.js';
 import { deadlineFor, type AppDatabase } from '../db/client.js';
 import type { Logger } from '../logger.js';
 import type { CounterStore } from '../store/types.js';
+import { within } from '../timers.js';
 import { meterEventIdentifier, meterEventTimestamp } from './report-identity.js';
 import { describeStripeError, isRetryable, type MeterEventSink } from './stripe-client.js';
 import type { TenantLocks } from './tenant-locks.js';
@@ -138,16 +139,10 @@ export class UsageReporter {
     if (this.timer !== null) clearTimeout(this.timer);
     this.timer = null;
     const limit = this.deps.finalFlushMs ?? 10_000;
-    let t: NodeJS.Timeout | undefined;
-    await Promise.race([
-      this.flush().catch((err: unknown) =>
-        this.deps.logger.warn({ event: 'usage.report_error', err: String(err) }, 'final usage report failed'),
-      ),
-      new Promise<void>((resolve) => {
-        t = setTimeout(resolve, limit);
-      }),
-    ]);
-    clearTimeout(t);
+    const flushed = this.flush().catch((err: unknown) =>
+      this.deps.logger.warn({ event: 'usage.report_error', err: String(err) }, 'final usage report failed'),
+    );
+    await within(flushed, limit, () => undefined);
     await this.close();
   }
 

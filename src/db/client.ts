@@ -8,6 +8,7 @@ import { drizzle as drizzlePostgres } from 'drizzle-orm/postgres-js';
 import postgres from 'postgres';
 import { AppError } from '../errors.js';
 import type { Logger } from '../logger.js';
+import { within } from '../timers.js';
 import * as schema from './schema.js';
 
 export type DatabaseSchema = typeof schema;
@@ -163,12 +164,14 @@ async function pingWith(db: AppDatabase, timeoutMs: number): Promise<void> {
  * timeout). The query itself is not cancelled; the caller just stops waiting for it.
  */
 export function withTimeout<T>(promise: PromiseLike<T>, ms: number, what: string): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  const timeout = new Promise<never>((_, reject) => {
-    timer = setTimeout(() => reject(new AppError('DatabaseError', `${what} timed out after ${ms} ms`, { retryable: true })), ms);
-    timer.unref();
-  });
-  return Promise.race([Promise.resolve(promise), timeout]).finally(() => clearTimeout(timer));
+  return within(
+    promise,
+    ms,
+    () => {
+      throw new AppError('DatabaseError', `${what} timed out after ${ms} ms`, { retryable: true });
+    },
+    { unref: true },
+  );
 }
 
 /**

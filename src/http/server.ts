@@ -1,6 +1,7 @@
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
 import type { Logger } from '../logger.js';
+import { within } from '../timers.js';
 
 // The HTTP port: liveness, readiness and plain-text metrics. Readiness is computed from its parts on
 // every probe (bounded), so /readyz says which dependency is missing.
@@ -40,19 +41,13 @@ function json(res: http.ServerResponse, status: number, body: unknown): void {
 }
 
 async function probe(c: ReadinessCheck): Promise<string | null> {
-  let timer: NodeJS.Timeout | undefined;
   try {
-    await Promise.race([
-      c.check(),
-      new Promise((_, reject) => {
-        timer = setTimeout(() => reject(new Error(`no answer within ${PROBE_TIMEOUT_MS} ms`)), PROBE_TIMEOUT_MS);
-      }),
-    ]);
+    await within(c.check(), PROBE_TIMEOUT_MS, () => {
+      throw new Error(`no answer within ${PROBE_TIMEOUT_MS} ms`);
+    });
     return null;
   } catch (err) {
     return err instanceof Error ? err.message : String(err);
-  } finally {
-    clearTimeout(timer);
   }
 }
 

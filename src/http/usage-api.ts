@@ -17,6 +17,7 @@ import type { ResolvedKey, Tenant, Tier } from '../core/types.js';
 import type { KeyCache } from '../directory/key-cache.js';
 import type { Logger } from '../logger.js';
 import type { CounterStore, PeriodUsage } from '../store/types.js';
+import { within } from '../timers.js';
 
 export const USAGE_PATH = '/v1/usage';
 export const TENANT_HEADER = 'x-tenant-id';
@@ -86,13 +87,9 @@ function send(res: http.ServerResponse, status: number, body: unknown, extra: Re
 }
 
 function withTimeout<T>(p: Promise<T>, ms: number): Promise<T> {
-  let timer: NodeJS.Timeout | undefined;
-  return Promise.race([
-    p,
-    new Promise<never>((_, reject) => {
-      timer = setTimeout(() => reject(new Error(`no answer within ${ms} ms`)), ms);
-    }),
-  ]).finally(() => clearTimeout(timer));
+  return within(p, ms, () => {
+    throw new Error(`no answer within ${ms} ms`);
+  });
 }
 
 function headerMap(req: http.IncomingMessage): Map<string, string> {

@@ -7,7 +7,7 @@ import type { KeyCache } from '../directory/key-cache.js';
 import type { Logger } from '../logger.js';
 import type { CheckAndReserveRequest, CheckAndReserveResult, CounterStore } from '../store/types.js';
 import type { DenyMemory } from './deny-memory.js';
-import { POLL_GRACE_MS, timeoutAfterPoll } from '../timers.js';
+import { POLL_GRACE_MS, within } from '../timers.js';
 import { logEvent } from './events.js';
 
 // Runs one Check: key cache → pure plan → one store call → pure conclusion. Every I/O step is bounded by
@@ -54,20 +54,15 @@ class TimeoutError extends Error {
 
 function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise<T> {
   if (ms <= 0) return Promise.reject(new TimeoutError(what, 0));
-  return new Promise<T>((resolve, reject) => {
-    // A reply that arrived in time but waits behind a long turn of the event loop is read first (timers.ts).
-    const cancel = timeoutAfterPoll(ms, () => reject(new TimeoutError(what, ms)));
-    p.then(
-      (v) => {
-        cancel();
-        resolve(v);
-      },
-      (err: unknown) => {
-        cancel();
-        reject(err);
-      },
-    );
-  });
+  // A reply that arrived in time but waits behind a long turn of the event loop is read first (timers.ts).
+  return within(
+    p,
+    ms,
+    () => {
+      throw new TimeoutError(what, ms);
+    },
+    { poll: true },
+  );
 }
 
 /**

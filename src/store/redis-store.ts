@@ -22,7 +22,7 @@ import {
   parseSettledUsageReply,
   parseUsageHash,
 } from './parse-reply.js';
-import { timeoutAfterPoll } from '../timers.js';
+import { timeoutAfterPoll, within } from '../timers.js';
 import { createRedisClient, pingAll, writeCoalescer, type ClusterNode, type RedisClient } from './redis-client.js';
 import { assertValidRestore } from './restore.js';
 import type {
@@ -335,17 +335,11 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
       if (client.status === 'ready') {
         // QUIT lets the replies in flight arrive first, but a hung Redis never answers it: bounded by the
         // store's budget (ioredis's own timer is only the backstop, a second later), then disconnected.
-        let timer: NodeJS.Timeout | undefined;
         const quitting = client.quit().then(
           () => true,
           () => false, // a quit that fails leaves nothing worth waiting for
         );
-        const timedOut = new Promise<false>((resolve) => {
-          timer = setTimeout(() => resolve(false), timeoutMs);
-        });
-        const quit = await Promise.race([quitting, timedOut]);
-        clearTimeout(timer);
-        if (quit) return;
+        if (await within(quitting, timeoutMs, () => false)) return;
       }
       client.disconnect();
     },

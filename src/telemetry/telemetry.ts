@@ -22,6 +22,7 @@ import {
 } from '@opentelemetry/sdk-trace-base';
 import { ATTR_SERVICE_NAME } from '@opentelemetry/semantic-conventions';
 import type { TelemetrySettings } from '../config/telemetry-env.js';
+import { within } from '../timers.js';
 
 export const INSTRUMENTATION_SCOPE = 'usage-limiter';
 
@@ -169,13 +170,5 @@ async function loadInstrumentations() {
 /** Flushes the process-wide telemetry on exit, waiting at most `timeoutMs` for an unreachable collector. */
 export async function shutdownInstalledTelemetry(timeoutMs = 5_000): Promise<void> {
   if (installed === null) return;
-  let timer: NodeJS.Timeout | undefined;
-  await Promise.race([
-    installed.shutdown().catch(() => {}),
-    new Promise<void>((r) => {
-      timer = setTimeout(r, timeoutMs);
-      timer.unref();
-    }),
-  ]);
-  clearTimeout(timer);
+  await within(installed.shutdown().catch(() => {}), timeoutMs, () => undefined, { unref: true });
 }

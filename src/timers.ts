@@ -40,15 +40,15 @@ export function timeoutAfterPoll(ms: number, onTimeout: () => void, onDue?: () =
   };
 }
 
-export interface WithinOptions {
+export type WithinOptions =
   /**
    * Give up only after reading what has already arrived (`timeoutAfterPoll`): for calls on the Check's path,
-   * where a reply stuck behind a long turn of the event loop must not lose to the timer.
+   * where a reply stuck behind a long turn of the event loop must not lose to the timer. Such a timer keeps
+   * the process alive: a Check is in flight.
    */
-  readonly poll?: boolean;
-  /** Do not keep the process alive for this timer alone (background work such as a scrape or a ping). */
-  readonly unref?: boolean;
-}
+  | { readonly poll: true }
+  /** `unref`: do not keep the process alive for this timer alone (a deadline on work that must not delay exit). */
+  | { readonly poll?: false; readonly unref?: boolean };
 
 /**
  * `p`'s outcome if it settles within `ms`, else `onTimeout()`'s: its value, or the error it throws. What `p`
@@ -72,7 +72,9 @@ export function within<T>(p: PromiseLike<T>, ms: number, onTimeout: () => T, opt
       if (opts.unref === true) timer.unref();
       cancel = () => clearTimeout(timer);
     }
-    p.then(
+    // Promise.resolve: a thenable whose `then` throws becomes a rejection (and still cancels the timer). A
+    // native promise is taken as it is.
+    Promise.resolve(p).then(
       (v) => {
         cancel();
         resolve(v);

@@ -79,6 +79,24 @@ describe('timeoutAfterPoll', () => {
     expect(await raceAfterStall(timeoutAfterPoll)).toBe('reply');
   });
 
+  it('within() with poll gives the reply the same win; without it, the timeout wins', async () => {
+    // within() as a Race: the reply settles the wrapped promise; onTimeout reports the timeout.
+    const viaWithin =
+      (poll: boolean): Race =>
+      (ms, onTimeout) => {
+        let settle: () => void = () => {};
+        let replied = false;
+        const reply = new Promise<void>((resolve) => (settle = resolve));
+        void within(reply, ms, () => (replied ? undefined : onTimeout()), poll ? { poll: true } : {});
+        return () => {
+          replied = true;
+          settle();
+        };
+      };
+    expect(await raceAfterStall(viaWithin(false))).toBe('timeout');
+    expect(await raceAfterStall(viaWithin(true))).toBe('reply');
+  });
+
   it('also when the request only left at the end of the stalled turn, as coalesced Redis writes do', async () => {
     // The request leaves in the stalled turn's check phase. The poll after the timer falls due delivers it to
     // the (in-process) peer, whose answer is read only by a later poll: the grace's. With one setImmediate
@@ -166,6 +184,14 @@ describe('within', () => {
     } finally {
       process.off('unhandledRejection', onUnhandled);
     }
+  });
+
+  it('turns a thenable whose then() throws into a rejection, and stops its timer', async () => {
+    let timedOut = 0;
+    const bad = { then: () => { throw new Error('bad thenable'); } } as unknown as PromiseLike<string>;
+    await expect(within(bad, 30, () => String(++timedOut))).rejects.toThrow('bad thenable');
+    await sleep(60);
+    expect(timedOut).toBe(0);
   });
 
   it('with unref, does not keep the process alive for its timer alone', async () => {

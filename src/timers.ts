@@ -44,17 +44,18 @@ export type WithinOptions =
   /**
    * Give up only after reading what has already arrived (`timeoutAfterPoll`): for calls on the Check's path,
    * where a reply stuck behind a long turn of the event loop must not lose to the timer. Such a timer keeps
-   * the process alive: a Check is in flight.
+   * the process alive: a Check is in flight. `onDue` runs when the deadline falls due, before the grace
+   * (timeoutAfterPoll's): from then on the caller sends nothing more for this call.
    */
-  | { readonly poll: true }
+  | { readonly poll: true; readonly onDue?: () => void }
   /** `unref`: do not keep the process alive for this timer alone (a deadline on work that must not delay exit). */
   | { readonly poll?: false; readonly unref?: boolean };
 
 /**
  * `p`'s outcome if it settles within `ms`, else `onTimeout()`'s: its value, or the error it throws. What `p`
  * does after that is ignored, a rejection included (it is handled, so it never surfaces as unhandled). The
- * one timeout race of the codebase: the Check's store and directory calls, the database's deadlines, the
- * bounded QUIT and the scrape's backlog queries all use it.
+ * one timeout race of the codebase: the Check's store and directory calls (and every Redis call), the
+ * database's deadlines, the bounded QUIT and the scrape's backlog queries all use it.
  */
 export function within<T>(p: PromiseLike<T>, ms: number, onTimeout: () => T, opts: WithinOptions = {}): Promise<T> {
   return new Promise<T>((resolve, reject) => {
@@ -66,7 +67,7 @@ export function within<T>(p: PromiseLike<T>, ms: number, onTimeout: () => T, opt
       }
     };
     let cancel: () => void;
-    if (opts.poll === true) cancel = timeoutAfterPoll(ms, expire);
+    if (opts.poll === true) cancel = timeoutAfterPoll(ms, expire, opts.onDue);
     else {
       const timer = setTimeout(expire, ms);
       if (opts.unref === true) timer.unref();

@@ -22,7 +22,7 @@ import {
   parseSettledUsageReply,
   parseUsageHash,
 } from './parse-reply.js';
-import { timeoutAfterPoll, within } from '../timers.js';
+import { within } from '../timers.js';
 import { createRedisClient, pingAll, writeCoalescer, type ClusterNode, type RedisClient } from './redis-client.js';
 import { assertValidRestore } from './restore.js';
 import type {
@@ -166,38 +166,30 @@ export function createRedisStore(opts: RedisStoreOptions = {}): RedisCounterStor
         return Promise.reject(new Error(`Redis ${what} failed: not connected (${status})`));
       }
     }
-    // One promise and one timer per call (this runs on every Check that reaches Redis).
-    return new Promise<T>((resolve, reject) => {
-      let expired = false;
-      // A reply already in the socket buffer when the timer is due is read first (see timers.ts).
-      const cancel = timeoutAfterPoll(
-        timeoutMs,
-        () => reject(new Error(`Redis ${what} timed out after ${timeoutMs} ms`)),
-        // From the moment the budget is spent nothing is sent for this call, even if the connection
-        // becomes ready during the grace: its Check is about to take the failure policy.
-        () => {
+    // From the moment the budget is spent nothing is sent for this call, even if the connection becomes
+    // ready during the poll grace: its Check is about to take the failure policy (the call then never
+    // settles, and the timeout answers).
+    let expired = false;
+    let work: Promise<T>;
+    try {
+      work = client.status === 'ready' ? op() : connected().then(() => (expired ? new Promise<T>(() => {}) : op()));
+    } catch (err) {
+      work = Promise.reject(err);
+    }
+    // A reply already in the socket buffer when the timer is due is read first (see timers.ts).
+    return within(
+      work,
+      timeoutMs,
+      () => {
+        throw new Error(`Redis ${what} timed out after ${timeoutMs} ms`);
+      },
+      {
+        poll: true,
+        onDue: () => {
           expired = true;
         },
-      );
-      const done = (v: T): void => {
-        cancel();
-        resolve(v);
-      };
-      const failed = (err: unknown): void => {
-        cancel();
-        reject(err);
-      };
-      const send = (): void => {
-        if (expired) return;
-        try {
-          op().then(done, failed);
-        } catch (err) {
-          failed(err);
-        }
-      };
-      if (client.status === 'ready') send();
-      else connected().then(send, failed);
-    });
+      },
+    );
   }
 
   return {

@@ -65,11 +65,14 @@ export function denialBody(code: string, message: string, requestId: string): st
   // JSON.stringify still escapes every part.
   let head = bodyHeads.get(code);
   if (head === undefined) {
-    head = { message, text: `{"code":${JSON.stringify(code)},"message":${JSON.stringify(message)},"requestId":` };
+    head = { message, text: bodyHead(code, message) };
     if (bodyHeads.size < 64) bodyHeads.set(code, head);
   }
-  const text = head.message === message ? head.text : `{"code":${JSON.stringify(code)},"message":${JSON.stringify(message)},"requestId":`;
-  return `${text}${JSON.stringify(requestId)}}`;
+  return `${head.message === message ? head.text : bodyHead(code, message)}${JSON.stringify(requestId)}}`;
+}
+
+function bodyHead(code: string, message: string): string {
+  return `{"code":${JSON.stringify(code)},"message":${JSON.stringify(message)},"requestId":`;
 }
 
 export function toCheckResponse(decision: Decision, requestId: string): CheckResponseMessage {

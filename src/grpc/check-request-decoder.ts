@@ -171,10 +171,16 @@ export type CheckRequestDecoder = (buf: Buffer) => RawHttpRequest;
 export function createCheckRequestDecoder(): CheckRequestDecoder {
   const n = fieldNumbers();
 
-  /** The header name in [pos, end): its lower-case form when it is one of the wanted ones, else null. */
+  /**
+   * Reads a header name (a length-delimited field at `pos`, inside a message ending at `end`) and moves past
+   * it: its lower-case form when it is one of the wanted ones, else null.
+   */
   function wantedName(r: Reader, end: number): string | null {
-    if (!WANTED_LENGTHS.has(end - r.pos)) return null;
-    const name = r.buf.toString('latin1', r.pos, end).toLowerCase();
+    const nameEnd = r.length(end);
+    const start = r.pos;
+    r.pos = nameEnd;
+    if (!WANTED_LENGTHS.has(nameEnd - start)) return null;
+    const name = r.buf.toString('latin1', start, nameEnd).toLowerCase();
     return WANTED_HEADERS.has(name) ? name : null;
   }
 
@@ -192,10 +198,8 @@ export function createCheckRequestDecoder(): CheckRequestDecoder {
       const wt = tag & 7;
       const no = tag >>> 3;
       if (no === MAP_KEY && wt === LENGTH_DELIMITED) {
-        const keyEnd = r.length(end);
         sawKey = true;
-        name = wantedName(r, keyEnd);
-        r.pos = keyEnd;
+        name = wantedName(r, end);
       } else if (no === MAP_VALUE && wt === LENGTH_DELIMITED) {
         valueEnd = r.length(end);
         valueStart = r.pos;
@@ -217,11 +221,8 @@ export function createCheckRequestDecoder(): CheckRequestDecoder {
       const tag = r.varint(end);
       const wt = tag & 7;
       const no = tag >>> 3;
-      if (no === n.headerKey && wt === LENGTH_DELIMITED) {
-        const keyEnd = r.length(end);
-        name = wantedName(r, keyEnd);
-        r.pos = keyEnd;
-      } else if (no === n.headerValue && wt === LENGTH_DELIMITED) value = r.string(end);
+      if (no === n.headerKey && wt === LENGTH_DELIMITED) name = wantedName(r, end);
+      else if (no === n.headerValue && wt === LENGTH_DELIMITED) value = r.string(end);
       else if (no === n.headerRawValue && wt === LENGTH_DELIMITED) {
         // TextDecoder, as the full mapping decodes raw_value: it drops a leading byte-order mark.
         const rawEnd = r.length(end);
@@ -272,8 +273,6 @@ export function createCheckRequestDecoder(): CheckRequestDecoder {
         const subEnd = r.length(end);
         if (depth === path.length - 1) httpRequest(r, subEnd, st);
         else walk(r, subEnd, path, depth + 1, st);
-        // Every walker stops at its end; this only restates it.
-        r.pos = subEnd;
       } else r.skip(wt, no, end);
     }
   }

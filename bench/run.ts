@@ -74,6 +74,25 @@ function load(target: string, corpusFile: string, opts: { seconds: number; rate?
   return JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as LoadResult;
 }
 
+/** A closed-loop run against `target`, with the CPU its server process `pid` spent per Check sent. */
+function measured(target: string, pid: number | undefined, corpusFile: string): { run: LoadResult; cpuUs: number } {
+  const cpu0 = cpuSeconds(pid);
+  const run = load(target, corpusFile, { seconds: SECONDS });
+  return { run, cpuUs: ((cpuSeconds(pid) - cpu0) * 1e6) / run.sent };
+}
+
+/** Warms a server until every corpus entry has been sent at least once, so measured phases meet no cold key. */
+function warm(target: string, corpusFile: string): void {
+  for (let sent = 0; sent < 25_000; ) sent += load(target, corpusFile, { seconds: 3 }).sent;
+}
+
+/** A private redis-server (so INFO commandstats counts only this run); resolves to its URL. */
+async function startRedis(name: string, logDir: string): Promise<string> {
+  const port = await freePort();
+  await start(name, 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], process.env, /Ready to accept connections/, logDir);
+  return `redis://127.0.0.1:${port}`;
+}
+
 /** CPU seconds (user + system) a process has used: per-Check CPU holds steady when the machine is busy. */
 function cpuSeconds(pid: number | undefined): number {
   const fields = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]?.split(' ') ?? [];
@@ -118,11 +137,7 @@ async function main(): Promise<void> {
   dbUrl.pathname = `/${dbName}`;
   let redisUrl = process.env.BENCH_REDIS_URL;
   try {
-    if (!redisUrl) {
-      const port = await freePort();
-      await start('redis', 'redis-server', ['--port', String(port), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], process.env, /Ready to accept connections/, work);
-      redisUrl = `redis://127.0.0.1:${port}`;
-    }
+    redisUrl ||= await startRedis('redis', work);
     log(`redis at ${redisUrl}`);
     const redis = new Redis(redisUrl);
     redis.on('error', (err) => log(`redis client: ${err.message}`));
@@ -138,51 +153,41 @@ async function main(): Promise<void> {
     const corpusFile = path.join(work, 'corpus.bin');
     writeFileSync(corpusFile, file);
 
-    const grpcPort = await freePort();
-    const httpPort = await freePort();
     const cpuProfile = process.env.BENCH_PROFILE === '1' ? ['--cpu-prof', `--cpu-prof-dir=${path.join(ROOT, 'bench/results')}`] : [];
     // BENCH_SERVER_FLAGS: extra node flags for this build's server process (--trace-gc, --max-semi-space-size=...),
     // not for a BENCH_BASELINE's, so a flag can be measured against the same code without it.
     const profile = [...cpuProfile, ...(process.env.BENCH_SERVER_FLAGS ?? '').split(' ').filter(Boolean)];
     // BENCH_SERVER_ENV: extra environment for this build's server ("MALLOC_ARENA_MAX=2 DENY_MEMORY_MS=0").
     const serverEnv = Object.fromEntries((process.env.BENCH_SERVER_ENV ?? '').split(' ').filter((kv) => kv.includes('=')).map((kv) => [kv.slice(0, kv.indexOf('=')), kv.slice(kv.indexOf('=') + 1)]));
-    const server = await start(
-      'server',
-      process.execPath,
-      [...profile, 'bin/usage-limiter.js', 'serve'],
-      { ...baseEnv, ...serverEnv, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: redisUrl, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
-      /usage-limiter serving/,
-      work,
-    );
-    const target = `127.0.0.1:${grpcPort}`;
+    /** A usage-limiter server (`serve` of the checkout in `cwd`) on ports of its own. */
+    const startServer = async (name: string, flags: string[], env: Record<string, string>, serverRedis: string, cwd = ROOT) => {
+      const [grpcPort, httpPort] = [await freePort(), await freePort()];
+      const child = await start(
+        name,
+        process.execPath,
+        [...flags, 'bin/usage-limiter.js', 'serve'],
+        { ...baseEnv, ...env, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: serverRedis, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
+        /usage-limiter serving/,
+        work,
+        cwd,
+      );
+      return { child, target: `127.0.0.1:${grpcPort}`, httpPort };
+    };
+    const { child: server, target, httpPort } = await startServer('server', profile, serverEnv, redisUrl);
     // BENCH_BASELINE=<another checkout, built>: its server runs too, on its own Redis, and joins every closed-loop
     // round, so a change is measured against the code before it under the same drift of the machine.
     const baselineDir = process.env.BENCH_BASELINE;
-    let baselineTarget: string | null = null;
-    let baseline: ChildProcess | null = null;
-    if (baselineDir !== undefined && baselineDir !== '') {
-      const redisPort = await freePort();
-      await start('baseline-redis', 'redis-server', ['--port', String(redisPort), '--bind', '127.0.0.1', '--save', '', '--appendonly', 'no'], process.env, /Ready to accept connections/, work);
-      const [bGrpc, bHttp] = [await freePort(), await freePort()];
-      baseline = await start(
-        'baseline',
-        process.execPath,
-        [...cpuProfile, 'bin/usage-limiter.js', 'serve'],
-        { ...baseEnv, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: `redis://127.0.0.1:${redisPort}`, GRPC_PORT: String(bGrpc), HTTP_PORT: String(bHttp), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
-        /usage-limiter serving/,
-        work,
-        path.resolve(baselineDir),
-      );
-      baselineTarget = `127.0.0.1:${bGrpc}`;
-    }
+    const baseline =
+      baselineDir !== undefined && baselineDir !== ''
+        ? await startServer('baseline', cpuProfile, {}, await startRedis('baseline-redis', work), path.resolve(baselineDir))
+        : null;
     const barePort = await freePort();
     const bare = await start('bare', process.execPath, ['bench/bare-server.mjs', String(barePort)], process.env, /listening/, work);
 
-    // Warm until every corpus entry has been sent at least once, so the measured phases meet no cold key.
     log('warming the key cache (the whole corpus at least once)');
-    for (let sent = 0; sent < 25_000; ) sent += load(target, corpusFile, { seconds: 3 }).sent;
-    if (baselineTarget !== null) for (let sent = 0; sent < 25_000; ) sent += load(baselineTarget, corpusFile, { seconds: 3 }).sent;
-    const baselineRssWarm = baseline === null ? null : rssMb(baseline.pid);
+    warm(target, corpusFile);
+    if (baseline !== null) warm(baseline.target, corpusFile);
+    const baselineRssWarm = baseline === null ? null : rssMb(baseline.child.pid);
     const rssWarm = rssMb(server.pid);
 
     // The maximum, alternating: bare, real, bare, real... (BENCH_ROUNDS, default 3, of SECONDS each). On a
@@ -196,20 +201,15 @@ async function main(): Promise<void> {
     const baselineRounds: { rate: number; cpuUs: number }[] = [];
     for (let round = 1; round <= ROUNDS; round++) {
       log(`closed loop, round ${round} of ${ROUNDS}: bare grpc-js server, then usage-limiter, ${SECONDS} s each`);
-      const bareCpu0 = cpuSeconds(bare.pid);
-      const bareRun = load(`127.0.0.1:${barePort}`, corpusFile, { seconds: SECONDS });
-      const bareCpuUs = ((cpuSeconds(bare.pid) - bareCpu0) * 1e6) / bareRun.sent;
-      const realCpu0 = cpuSeconds(server.pid);
-      const realRun = load(target, corpusFile, { seconds: SECONDS });
-      const realCpuUs = ((cpuSeconds(server.pid) - realCpu0) * 1e6) / realRun.sent;
-      rounds.push({ bare: bareRun, real: realRun, bareCpuUs, realCpuUs });
-      if (baseline !== null && baselineTarget !== null) {
-        const cpu0 = cpuSeconds(baseline.pid);
-        const run = load(baselineTarget, corpusFile, { seconds: SECONDS });
-        baselineRounds.push({ rate: run.ratePerSecond, cpuUs: ((cpuSeconds(baseline.pid) - cpu0) * 1e6) / run.sent });
+      const b = measured(`127.0.0.1:${barePort}`, bare.pid, corpusFile);
+      const r = measured(target, server.pid, corpusFile);
+      rounds.push({ bare: b.run, real: r.run, bareCpuUs: b.cpuUs, realCpuUs: r.cpuUs });
+      if (baseline !== null) {
+        const m = measured(baseline.target, baseline.child.pid, corpusFile);
+        baselineRounds.push({ rate: m.run.ratePerSecond, cpuUs: m.cpuUs });
       }
     }
-    const baselineRssAfter = baseline === null ? null : rssMb(baseline.pid);
+    const baselineRssAfter = baseline === null ? null : rssMb(baseline.child.pid);
     const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const realMax = { ...rounds.at(-1)!.real, ratePerSecond: median(rounds.map((r) => r.real.ratePerSecond)), sent: rounds.reduce((a, r) => a + r.real.sent, 0) };
     const bareMax = { ratePerSecond: median(rounds.map((r) => r.bare.ratePerSecond)) };
@@ -219,7 +219,7 @@ async function main(): Promise<void> {
     const cpuRatioToBare = median(rounds.map((r) => r.bareCpuUs / r.realCpuUs));
     const xactAfter = await xact();
     // (After the Postgres count: a baseline's shutdown must not land in it.)
-    if (baseline !== null) baseline.kill('SIGTERM');
+    if (baseline !== null) baseline.child.kill('SIGTERM');
     const statsAfter = await commandStats(redis);
     const cmds = diff(statsBefore, statsAfter);
     const totalCommands = Object.values(cmds).reduce((a, b) => a + b, 0);

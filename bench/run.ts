@@ -100,6 +100,19 @@ function cpuSeconds(pid: number | undefined): number {
   return ticks / 100; // USER_HZ is 100 on Linux
 }
 
+/**
+ * Resident size of the process's brk heap (the `[heap]` mapping): where glibc's malloc keeps the main thread's
+ * small allocations (nghttp2's, libuv's, V8's own bookkeeping). It can only shrink from its top, so memory freed
+ * below a live allocation stays resident. Under jemalloc (which maps its own regions) it stays small.
+ */
+function brkHeapMb(pid: number | undefined): number {
+  const smaps = readFileSync(`/proc/${pid}/smaps`, 'utf8');
+  const at = smaps.indexOf('[heap]\n');
+  if (at < 0) return 0;
+  const kb = Number(/Rss:\s+(\d+) kB/.exec(smaps.slice(at))?.[1] ?? 0);
+  return Math.round(kb / 1024);
+}
+
 function rssMb(pid: number | undefined): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
@@ -174,6 +187,22 @@ async function main(): Promise<void> {
       return { child, target: `127.0.0.1:${grpcPort}`, httpPort };
     };
     const { child: server, target, httpPort } = await startServer('server', profile, serverEnv, redisUrl);
+    /**
+     * The server's RSS and where it lies, from its /metrics: the V8 heap reserved and in use, and memory held
+     * outside the heap for JS objects (Buffers). What RSS holds beyond heap and external is code, the
+     * native side of HTTP/2 and sockets, and the allocator's own slack.
+     */
+    const memory = async (): Promise<MemorySnapshot> => {
+      const text = await metricsText(httpPort);
+      const mb = (name: string) => Math.round(Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20);
+      return {
+        rss: rssMb(server.pid),
+        brkHeap: brkHeapMb(server.pid),
+        heapTotal: mb('nodejs_heap_size_total_bytes'),
+        heapUsed: mb('nodejs_heap_size_used_bytes'),
+        external: mb('nodejs_external_memory_bytes'),
+      };
+    };
     // BENCH_BASELINE=<another checkout, built>: its server runs too, on its own Redis, and joins every closed-loop
     // round, so a change is measured against the code before it under the same drift of the machine.
     const baselineDir = process.env.BENCH_BASELINE;
@@ -188,7 +217,7 @@ async function main(): Promise<void> {
     warm(target, corpusFile);
     if (baseline !== null) warm(baseline.target, corpusFile);
     const baselineRssWarm = baseline === null ? null : rssMb(baseline.child.pid);
-    const rssWarm = rssMb(server.pid);
+    const memWarm = await memory();
 
     // The maximum, alternating: bare, real, bare, real... (BENCH_ROUNDS, default 3, of SECONDS each). On a
     // shared VM the speed of the machine drifts within minutes; measured back to back in rounds, both servers
@@ -279,12 +308,12 @@ async function main(): Promise<void> {
       }
     }
     bare.kill('SIGTERM');
-    const rssSamples: number[] = [rssMb(server.pid)];
+    const memSamples: MemorySnapshot[] = [await memory()];
     if (SOAK_SECONDS > 0) {
       log(`soak at 50% for ${SOAK_SECONDS} s`);
       for (let t = 0; t < SOAK_SECONDS; t += 10) {
         load(target, corpusFile, { seconds: 10, rate: realMax.ratePerSecond / 2 });
-        rssSamples.push(rssMb(server.pid));
+        memSamples.push(await memory());
       }
     }
     const decisions = (await metricsText(httpPort))
@@ -353,7 +382,9 @@ async function main(): Promise<void> {
           'includes the directory version poll (one query a second per replica) and this measurement itself' +
           (baseline === null ? '' : ", and the baseline server's queries (it shares the database)"),
       },
-      rssMb: { afterWarmup: rssWarm, afterLatencyPhases: rssSamples[0], soakSamples: rssSamples },
+      rssMb: { afterWarmup: memWarm.rss, afterLatencyPhases: memSamples[0]?.rss, soakSamples: memSamples.map((m) => m.rss) },
+      // The same moments, RSS split into the V8 heap (reserved / in use) and external memory.
+      memoryMb: { afterWarmup: memWarm, afterLatencyPhases: memSamples[0], soakSamples: memSamples },
     };
     mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
     writeFileSync(path.join(ROOT, 'bench/results/latest.json'), `${JSON.stringify(result, null, 2)}\n`);
@@ -390,6 +421,18 @@ function envoyView(v: { pastDeadline: number; overflow: number }): string {
   return `past Envoy's deadline ${v.pastDeadline}, over its circuit breaker ${v.overflow}`;
 }
 
+interface MemorySnapshot {
+  rss: number;
+  brkHeap: number;
+  heapTotal: number;
+  heapUsed: number;
+  external: number;
+}
+
+function memLine(m: MemorySnapshot): string {
+  return `${m.heapTotal} / ${m.heapUsed} MB, ${m.external} MB, ${m.brkHeap} MB`;
+}
+
 function printSummary(r: Record<string, any>): void {
   const lines = [
     `Checks/s (closed loop)        ${r.checksPerSecond}   bare grpc-js: ${r.bareChecksPerSecond}   ratio: ${(r.ratioToBare * 100).toFixed(1)}%   (load average ${r.loadAverage.toFixed(1)})`,
@@ -413,6 +456,7 @@ function printSummary(r: Record<string, any>): void {
     `Redis per Check               ${r.redis.commandsPerCheck} commands, ${r.redis.roundTripsPerCheck} round trips (${r.redis.roundTripsPerRedisCheck} per Check that touches Redis; ${(r.redis.checksTouchingRedis * 100).toFixed(0)}% do)`,
     `Postgres per warm Check       ${r.postgres.transactionsPerCheck} (${r.postgres.transactionsDuringMax} transactions in the max phase)`,
     `server RSS                    ${r.rssMb.afterWarmup} MB after warm-up, ${JSON.stringify(r.rssMb.soakSamples)} MB later`,
+    `  of which V8 heap reserved / in use, external, malloc's brk heap: ${memLine(r.memoryMb.afterWarmup)} after warm-up; ${memLine(r.memoryMb.afterLatencyPhases)} after the load phases; ${memLine(r.memoryMb.soakSamples.at(-1))} at the end`,
   ];
   process.stdout.write(`\n${lines.join('\n')}\n\nwritten to bench/results/latest.json\n`);
 }

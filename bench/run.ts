@@ -12,7 +12,8 @@
 // Options (env): BENCH_SECONDS (per phase, default 10), BENCH_SOAK_SECONDS (default 0: an extra phase at
 // 50% load sampling RSS every 10 s), BENCH_BASELINE (another checkout, built: measured in the same rounds), BENCH_DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/test),
 // BENCH_REDIS_URL, BENCH_TENANTS (default 10000), BENCH_OVERLOAD=0 (skips the overload-then-recovery phases:
-// 150% of the maximum, then 50% right after), BENCH_ROUNDS (closed-loop rounds, bare then real, default 3).
+// 150% of the maximum, then 50% right after), BENCH_ROUNDS (closed-loop rounds, bare then real, default 3),
+// BENCH_IMAGE_RUNTIME=0 (plain node and glibc instead of the image's NODE_OPTIONS and jemalloc: imageRuntime()).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -113,6 +114,28 @@ function brkHeapMb(pid: number | undefined): number {
   return Math.round(kb / 1024);
 }
 
+/**
+ * The servers run as the Docker image runs them: its NODE_OPTIONS (read from the Dockerfile, so the two cannot
+ * drift apart) and jemalloc preloaded when this machine has it (Debian's libjemalloc2, as the image installs).
+ * Both shape the figures: V8's young generation size sets how much per-call garbage is promoted, and glibc's
+ * malloc kept freed native memory resident. BENCH_IMAGE_RUNTIME=0 runs plain `node` with glibc instead.
+ */
+function imageRuntime(): { env: Record<string, string>; describe: string } {
+  if (process.env.BENCH_IMAGE_RUNTIME === '0') return { env: {}, describe: 'plain node, glibc malloc (BENCH_IMAGE_RUNTIME=0)' };
+  const dockerfile = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
+  const nodeOptions = /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(dockerfile)?.[1]?.replace(/"/g, '') ?? '';
+  let jemalloc = '';
+  try {
+    jemalloc = execFileSync('dpkg', ['-L', 'libjemalloc2'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+      .split('\n')
+      .find((l) => l.endsWith('/libjemalloc.so.2')) ?? '';
+  } catch {
+    // not a Debian machine, or the package is not installed: glibc's malloc, said so below
+  }
+  const env: Record<string, string> = { NODE_OPTIONS: nodeOptions, ...(jemalloc === '' ? {} : { LD_PRELOAD: jemalloc }) };
+  return { env, describe: `NODE_OPTIONS=${nodeOptions || '(none)'}, ${jemalloc === '' ? 'glibc malloc (libjemalloc2 not installed: apt-get install libjemalloc2)' : `jemalloc (${jemalloc})`}` };
+}
+
 function rssMb(pid: number | undefined): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
@@ -186,7 +209,9 @@ async function main(): Promise<void> {
       );
       return { child, target: `127.0.0.1:${grpcPort}`, httpPort };
     };
-    const { child: server, target, httpPort } = await startServer('server', profile, serverEnv, redisUrl);
+    const runtime = imageRuntime();
+    log(`server runtime as the image runs it: ${runtime.describe}`);
+    const { child: server, target, httpPort } = await startServer('server', profile, { ...runtime.env, ...serverEnv }, redisUrl);
     /**
      * The server's RSS and where it lies, from its /metrics: the V8 heap reserved and in use, and memory held
      * outside the heap for JS objects (Buffers). What RSS holds beyond heap and external is code, the
@@ -208,7 +233,7 @@ async function main(): Promise<void> {
     const baselineDir = process.env.BENCH_BASELINE;
     const baseline =
       baselineDir !== undefined && baselineDir !== ''
-        ? await startServer('baseline', cpuProfile, {}, await startRedis('baseline-redis', work), path.resolve(baselineDir))
+        ? await startServer('baseline', cpuProfile, runtime.env, await startRedis('baseline-redis', work), path.resolve(baselineDir))
         : null;
     const barePort = await freePort();
     const bare = await start('bare', process.execPath, ['bench/bare-server.mjs', String(barePort)], process.env, /listening/, work);
@@ -325,6 +350,7 @@ async function main(): Promise<void> {
     const result = {
       when: new Date().toISOString(),
       machine: { cpus: os.cpus().length, model: os.cpus()[0]?.model, node: process.version },
+      serverRuntime: runtime.describe,
       tenants: TENANTS,
       keys: TENANTS * 2,
       seedSeconds,
@@ -435,6 +461,7 @@ function memLine(m: MemorySnapshot): string {
 
 function printSummary(r: Record<string, any>): void {
   const lines = [
+    `server runtime                ${r.serverRuntime}`,
     `Checks/s (closed loop)        ${r.checksPerSecond}   bare grpc-js: ${r.bareChecksPerSecond}   ratio: ${(r.ratioToBare * 100).toFixed(1)}%   (load average ${r.loadAverage.toFixed(1)})`,
     `server CPU per Check          ${r.cpuMicrosPerCheck} µs   bare: ${r.bareCpuMicrosPerCheck} µs   ratio: ${(r.cpuRatioToBare * 100).toFixed(1)}%`,
     `  (medians of ${r.rounds.length} alternating rounds: ${(r.rounds as Record<string, number>[]).map((x) => `${x.checksPerSecond}/${x.bareChecksPerSecond}/s, ${x.cpuMicrosPerCheck}/${x.bareCpuMicrosPerCheck} µs`).join('; ')})`,

@@ -23,6 +23,7 @@ import { Redis } from 'ioredis';
 import postgres from 'postgres';
 import { corpus, population } from './corpus.js';
 import { freePort } from '../test/helpers/server-process.js';
+import { debianJemalloc, imageNodeOptions } from '../test/deploy/support/repo.js';
 
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 10);
 const SOAK_SECONDS = Number(process.env.BENCH_SOAK_SECONDS ?? 0);
@@ -122,18 +123,10 @@ function brkHeapMb(pid: number | undefined): number {
  */
 function imageRuntime(): { env: Record<string, string>; describe: string } {
   if (process.env.BENCH_IMAGE_RUNTIME === '0') return { env: {}, describe: 'plain node, glibc malloc (BENCH_IMAGE_RUNTIME=0)' };
-  const dockerfile = readFileSync(path.join(ROOT, 'Dockerfile'), 'utf8');
-  const nodeOptions = /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(dockerfile)?.[1]?.replace(/"/g, '') ?? '';
-  let jemalloc = '';
-  try {
-    jemalloc = execFileSync('dpkg', ['-L', 'libjemalloc2'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-      .split('\n')
-      .find((l) => l.endsWith('/libjemalloc.so.2')) ?? '';
-  } catch {
-    // not a Debian machine, or the package is not installed: glibc's malloc, said so below
-  }
-  const env: Record<string, string> = { NODE_OPTIONS: nodeOptions, ...(jemalloc === '' ? {} : { LD_PRELOAD: jemalloc }) };
-  return { env, describe: `NODE_OPTIONS=${nodeOptions || '(none)'}, ${jemalloc === '' ? 'glibc malloc (libjemalloc2 not installed: apt-get install libjemalloc2)' : `jemalloc (${jemalloc})`}` };
+  const nodeOptions = imageNodeOptions().join(' ');
+  const jemalloc = debianJemalloc();
+  const env: Record<string, string> = { NODE_OPTIONS: nodeOptions, ...(jemalloc === undefined ? {} : { LD_PRELOAD: jemalloc }) };
+  return { env, describe: `NODE_OPTIONS=${nodeOptions || '(none)'}, ${jemalloc === undefined ? 'glibc malloc (libjemalloc2 not installed: apt-get install libjemalloc2)' : `jemalloc (${jemalloc})`}` };
 }
 
 function rssMb(pid: number | undefined): number {
@@ -210,7 +203,7 @@ async function main(): Promise<void> {
       return { child, target: `127.0.0.1:${grpcPort}`, httpPort };
     };
     const runtime = imageRuntime();
-    log(`server runtime as the image runs it: ${runtime.describe}`);
+    log(`servers' runtime (the bare one's too), as the image runs them: ${runtime.describe}`);
     const { child: server, target, httpPort } = await startServer('server', profile, { ...runtime.env, ...serverEnv }, redisUrl);
     /**
      * The server's RSS and where it lies, from its /metrics: the V8 heap reserved and in use, and memory held
@@ -236,7 +229,8 @@ async function main(): Promise<void> {
         ? await startServer('baseline', cpuProfile, runtime.env, await startRedis('baseline-redis', work), path.resolve(baselineDir))
         : null;
     const barePort = await freePort();
-    const bare = await start('bare', process.execPath, ['bench/bare-server.mjs', String(barePort)], process.env, /listening/, work);
+    // The bare server gets the same runtime: the ratio compares the code, not the tuning.
+    const bare = await start('bare', process.execPath, ['bench/bare-server.mjs', String(barePort)], { ...process.env, ...runtime.env }, /listening/, work);
 
     log('warming the key cache (the whole corpus at least once)');
     warm(target, corpusFile);

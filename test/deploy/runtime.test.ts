@@ -4,11 +4,11 @@
 import { execFileSync } from 'node:child_process';
 import { existsSync, readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { KUSTOMIZE_TARGETS, byKind, kustomize, readYaml, repoPath, type Obj } from './support/repo.js';
+import { KUSTOMIZE_TARGETS, byKind, debianJemalloc, imageNodeOptions, kustomize, readYaml, repoPath, type Obj } from './support/repo.js';
 
 const dockerfile = readFileSync(repoPath('Dockerfile'), 'utf8');
 const runtime = dockerfile.slice(dockerfile.search(/^FROM \S+ AS runtime$/m));
-const imageNodeOptions = /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(runtime)?.[1]?.replace(/"/g, '').split(' ') ?? [];
+const nodeOptions = imageNodeOptions();
 
 describe('the image', () => {
   it('preloads jemalloc from the path its own install step links, and fails the build if there is nothing to link', () => {
@@ -20,7 +20,7 @@ describe('the image', () => {
   });
 
   it('sets a young generation of 32 MB for every node it starts', () => {
-    expect(imageNodeOptions).toContain('--max-semi-space-size=32');
+    expect(nodeOptions).toContain('--max-semi-space-size=32');
   });
 });
 
@@ -30,7 +30,7 @@ describe.each(KUSTOMIZE_TARGETS)('%s', (target) => {
     expect(configs.length).toBeGreaterThan(0);
     for (const c of configs) {
       const flags = String(c.data.NODE_OPTIONS).split(' ');
-      for (const f of imageNodeOptions) expect(flags, `${c.metadata.name} NODE_OPTIONS`).toContain(f);
+      for (const f of nodeOptions) expect(flags, `${c.metadata.name} NODE_OPTIONS`).toContain(f);
     }
   });
 });
@@ -45,15 +45,7 @@ describe('docker compose', () => {
 
 // The image's Node is Debian's node:20 with Debian's libjemalloc2. Where this machine has the same package,
 // a Node started the image's way must map it, take the flags and run.
-const jemalloc = (() => {
-  try {
-    return execFileSync('dpkg', ['-L', 'libjemalloc2'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
-      .split('\n')
-      .find((l) => l.endsWith('/libjemalloc.so.2'));
-  } catch {
-    return undefined;
-  }
-})();
+const jemalloc = debianJemalloc();
 
 function probe(env: Record<string, string>): { jemalloc: boolean; heapLimit: number; buf: number } {
   const script =
@@ -65,7 +57,7 @@ function probe(env: Record<string, string>): { jemalloc: boolean; heapLimit: num
 describe.skipIf(jemalloc === undefined || !existsSync(jemalloc))("Node under the image's allocator and flags", () => {
   it('maps jemalloc, takes the larger young generation from NODE_OPTIONS, and runs', () => {
     const plain = probe({});
-    const image = probe({ LD_PRELOAD: jemalloc!, NODE_OPTIONS: imageNodeOptions.join(' ') });
+    const image = probe({ LD_PRELOAD: jemalloc!, NODE_OPTIONS: nodeOptions.join(' ') });
     expect(plain.jemalloc).toBe(false);
     expect(image.jemalloc).toBe(true);
     expect(image.buf).toBe(1 << 20);

@@ -73,3 +73,22 @@ export function envoyConfigsInConfigMaps(objects: readonly Obj[]): Array<{ name:
   }
   return found;
 }
+
+/** The NODE_OPTIONS the runtime image sets (its ENV), as a list of flags. */
+export function imageNodeOptions(): string[] {
+  const dockerfile = readFileSync(repoPath('Dockerfile'), 'utf8');
+  const runtime = dockerfile.slice(dockerfile.search(/^FROM \S+ AS runtime$/m));
+  const value = /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(runtime)?.[1]?.replace(/"/g, '') ?? '';
+  return value.split(' ').filter(Boolean);
+}
+
+/** Where Debian's libjemalloc2 (the package the image installs) put its library here, if it is installed. */
+export function debianJemalloc(): string | undefined {
+  try {
+    return execFileSync('dpkg', ['-L', 'libjemalloc2'], { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] })
+      .split('\n')
+      .find((l) => l.endsWith('/libjemalloc.so.2'));
+  } catch {
+    return undefined; // not a Debian machine, or the package is not installed
+  }
+}

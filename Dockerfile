@@ -41,9 +41,10 @@ RUN apt-get update \
   && chown usage-limiter:usage-limiter /data
 
 WORKDIR /app
-# NODE_OPTIONS: a 32 MB young generation (16 by default) lets a Check's objects die young instead of being
-# promoted while it waits for Redis: about a quarter less CPU per Check, measured (README, "Memory and V8
-# flags"). Setting NODE_OPTIONS replaces this; keep the flag (k8s/base does).
+# NODE_OPTIONS: 32 MB semi-spaces let a Check's objects die young instead of being promoted while it waits for
+# Redis: about a quarter less CPU per Check than V8's default, measured (README, "Memory and V8 flags"). That
+# default is 16 MB on a large machine and much less in a small container (Node sizes V8's heap by the memory
+# limit it sees). Setting NODE_OPTIONS replaces this; keep the flag (k8s/base does).
 ENV NODE_ENV=production \
     GRPC_HOST=0.0.0.0 \
     GRPC_PORT=9191 \

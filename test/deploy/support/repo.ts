@@ -77,8 +77,10 @@ export function envoyConfigsInConfigMaps(objects: readonly Obj[]): Array<{ name:
 /** The NODE_OPTIONS the runtime image sets (its ENV), as a list of flags. */
 export function imageNodeOptions(): string[] {
   const dockerfile = readFileSync(repoPath('Dockerfile'), 'utf8');
-  const runtime = dockerfile.slice(dockerfile.search(/^FROM \S+ AS runtime$/m));
-  const value = /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(runtime)?.[1]?.replace(/"/g, '') ?? '';
+  const at = dockerfile.search(/^FROM \S+ AS runtime$/m);
+  const value = at < 0 ? undefined : /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(dockerfile.slice(at))?.[1]?.replace(/"/g, '');
+  // Found nothing: fail, rather than let the deploy test compare against no flags and the bench run without them.
+  if (value === undefined) throw new Error('Dockerfile: no NODE_OPTIONS in the ENV of the runtime stage');
   return value.split(' ').filter(Boolean);
 }
 

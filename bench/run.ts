@@ -203,7 +203,7 @@ async function main(): Promise<void> {
       return { child, target: `127.0.0.1:${grpcPort}`, httpPort };
     };
     const runtime = imageRuntime();
-    log(`servers' runtime (the bare one's too), as the image runs them: ${runtime.describe}`);
+    log(`servers' runtime (the bare one's too): ${runtime.describe}`);
     const { child: server, target, httpPort } = await startServer('server', profile, { ...runtime.env, ...serverEnv }, redisUrl);
     /**
      * The server's RSS and where it lies, from its /metrics: the V8 heap reserved and in use, and memory held

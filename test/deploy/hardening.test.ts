@@ -4,10 +4,10 @@
 // server itself defaults to loopback); and what is installed is exactly what the lock file pins.
 import { readFileSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { KUSTOMIZE_TARGETS, byKind, kustomize, readYaml, repoPath, type Obj } from './support/repo.js';
+import { KUSTOMIZE_TARGETS, byKind, imageRuntimeStage, kustomize, readYaml, repoPath, type Obj } from './support/repo.js';
 
 const dockerfile = readFileSync(repoPath('Dockerfile'), 'utf8');
-const runtime = dockerfile.slice(dockerfile.search(/^FROM \S+ AS runtime$/m));
+const runtime = imageRuntimeStage();
 const compose = readYaml('docker-compose.yml');
 const limiter = compose.services['usage-limiter'] as Obj;
 

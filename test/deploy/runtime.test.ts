@@ -2,12 +2,11 @@
 // young generation. Both were measured with `npm run bench`; both are lost silently if a later edit drops the
 // preload's target or replaces NODE_OPTIONS without the image's flags, so they are held here.
 import { execFileSync } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { describe, expect, it } from 'vitest';
-import { KUSTOMIZE_TARGETS, byKind, debianJemalloc, imageNodeOptions, kustomize, readYaml, repoPath, type Obj } from './support/repo.js';
+import { KUSTOMIZE_TARGETS, byKind, debianJemalloc, imageNodeOptions, imageRuntimeStage, kustomize, readYaml, type Obj } from './support/repo.js';
 
-const dockerfile = readFileSync(repoPath('Dockerfile'), 'utf8');
-const runtime = dockerfile.slice(dockerfile.search(/^FROM \S+ AS runtime$/m));
+const runtime = imageRuntimeStage();
 const nodeOptions = imageNodeOptions();
 
 describe('the image', () => {

@@ -74,11 +74,17 @@ export function envoyConfigsInConfigMaps(objects: readonly Obj[]): Array<{ name:
   return found;
 }
 
-/** The NODE_OPTIONS the runtime image sets (its ENV), as a list of flags. */
-export function imageNodeOptions(): string[] {
+/** The Dockerfile's runtime stage (from its `FROM … AS runtime` to the end): what the shipped image runs. */
+export function imageRuntimeStage(): string {
   const dockerfile = readFileSync(repoPath('Dockerfile'), 'utf8');
   const at = dockerfile.search(/^FROM \S+ AS runtime$/m);
-  const value = at < 0 ? undefined : /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(dockerfile.slice(at))?.[1]?.replace(/"/g, '');
+  if (at < 0) throw new Error('Dockerfile: no `FROM … AS runtime` stage');
+  return dockerfile.slice(at);
+}
+
+/** The NODE_OPTIONS the runtime image sets (its ENV), as a list of flags. */
+export function imageNodeOptions(): string[] {
+  const value = /^\s*NODE_OPTIONS=("[^"]*"|\S+)/m.exec(imageRuntimeStage())?.[1]?.replace(/"/g, '');
   // Found nothing: fail, rather than let the deploy test compare against no flags and the bench run without them.
   if (value === undefined) throw new Error('Dockerfile: no NODE_OPTIONS in the ENV of the runtime stage');
   return value.split(' ').filter(Boolean);

@@ -211,8 +211,8 @@ async function main(): Promise<void> {
      * native side of HTTP/2 and sockets, and the allocator's own slack.
      */
     const memory = async (): Promise<MemorySnapshot> => {
-      const text = await metricsText(httpPort);
-      const mb = (name: string) => Math.round(Number(new RegExp(`^${name}(?:\\{[^}]*\\})? (\\S+)$`, 'm').exec(text)?.[1] ?? NaN) / 2 ** 20);
+      const lines = (await metricsText(httpPort)).split('\n');
+      const mb = (name: string) => Math.round(metricSum(lines, `${name} `) / 2 ** 20);
       return {
         rss: rssMb(server.pid),
         brkHeap: brkHeapMb(server.pid),
@@ -286,13 +286,11 @@ async function main(): Promise<void> {
     }
     const serverCounters = async (): Promise<PhaseCounters> => {
       const lines = (await metricsText(httpPort)).split('\n');
-      const sum = (prefix: string) =>
-        lines.filter((l) => l.startsWith(prefix)).reduce((a, l) => a + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
       return {
-        shed: sum('usage_limiter_checks_shed_total '),
-        storeErrors: sum('usage_limiter_store_errors_total '),
-        gcPauseMs: Math.round(sum('nodejs_gc_duration_seconds_sum{') * 1000),
-        fullGcs: sum('nodejs_gc_duration_seconds_count{kind="major"}'),
+        shed: metricSum(lines, 'usage_limiter_checks_shed_total '),
+        storeErrors: metricSum(lines, 'usage_limiter_store_errors_total '),
+        gcPauseMs: Math.round(metricSum(lines, 'nodejs_gc_duration_seconds_sum{') * 1000),
+        fullGcs: metricSum(lines, 'nodejs_gc_duration_seconds_count{kind="major"}'),
       };
     };
     const phaseDelta = (a: PhaseCounters, b: PhaseCounters): PhaseCounters => ({
@@ -403,7 +401,7 @@ async function main(): Promise<void> {
           (baseline === null ? '' : ", and the baseline server's queries (it shares the database)"),
       },
       rssMb: { afterWarmup: memWarm.rss, afterLatencyPhases: memSamples[0]?.rss, soakSamples: memSamples.map((m) => m.rss) },
-      // The same moments, RSS split into the V8 heap (reserved / in use) and external memory.
+      // The same moments, RSS split into the V8 heap (reserved / in use), external memory and malloc's brk heap.
       memoryMb: { afterWarmup: memWarm, afterLatencyPhases: memSamples[0], soakSamples: memSamples },
     };
     mkdirSync(path.join(ROOT, 'bench/results'), { recursive: true });
@@ -434,6 +432,14 @@ function metricsText(port: number): Promise<string> {
       })
       .on('error', reject);
   });
+}
+
+/**
+ * The sum of the values of the /metrics lines that start with `prefix` (a name and a space for an unlabelled
+ * metric, a name and `{` for all its series); 0 when there is none.
+ */
+function metricSum(lines: readonly string[], prefix: string): number {
+  return lines.filter((l) => l.startsWith(prefix)).reduce((a, l) => a + Number(l.slice(l.lastIndexOf(' ') + 1)), 0);
 }
 
 /** What Envoy would have answered itself (failure mode): calls past its deadline and over its circuit breaker. */

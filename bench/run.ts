@@ -285,6 +285,9 @@ async function main(): Promise<void> {
     const totalCommands = Object.values(cmds).reduce((a, b) => a + b, 0);
     const roundTrips = Object.entries(cmds).filter(([k]) => TOP_LEVEL.has(k)).reduce((a, [, v]) => a + v, 0);
     const scriptCalls = (cmds.evalsha ?? 0) + (cmds.eval ?? 0);
+    // The violation counters' flush (src/alerts/violations.ts): an INCRBY and a PEXPIRE per tenant denied since
+    // the last flush, inside a few script calls a second, not per Check. No other script issues INCRBY.
+    const violationFlushCommands = 2 * (cmds.incrby ?? 0);
 
     const latency: Record<string, LoadResult> = {};
     const bareLatency: Record<string, LoadResult> = {};
@@ -402,6 +405,7 @@ async function main(): Promise<void> {
       redis: {
         commands: cmds,
         commandsPerCheck: Number((totalCommands / realMax.sent).toFixed(3)),
+        violationFlushCommandsPerCheck: Number((violationFlushCommands / realMax.sent).toFixed(3)),
         roundTripsPerCheck: Number((roundTrips / realMax.sent).toFixed(3)),
         roundTripsPerRedisCheck: scriptCalls ? Number((roundTrips / scriptCalls).toFixed(3)) : null,
         checksTouchingRedis: Number((scriptCalls / realMax.sent).toFixed(3)),
@@ -558,6 +562,7 @@ function printSummary(r: Record<string, any>): void {
           `  (p99 ms / full GCs per window: ${(r.soak.windows as SoakWindow[]).map((w) => `${w.p99.toFixed(1)}/${w.fullGcs}`).join(' ')})`,
         ]),
     `Redis per Check               ${r.redis.commandsPerCheck} commands, ${r.redis.roundTripsPerCheck} round trips (${r.redis.roundTripsPerRedisCheck} per Check that touches Redis; ${(r.redis.checksTouchingRedis * 100).toFixed(0)}% do)`,
+    `                              of the commands, ${r.redis.violationFlushCommandsPerCheck} per Check are the violation counters' flush (a few script calls a second), the rest the Check's script's`,
     `Postgres per warm Check       ${r.postgres.transactionsPerCheck} (${r.postgres.transactionsDuringMax} transactions in the max phase)`,
     `server RSS                    ${r.rssMb.afterWarmup} MB after warm-up, ${JSON.stringify(r.rssMb.soakSamples)} MB later`,
     `  of which V8 heap reserved / in use, external, malloc's brk heap: ${memLine(r.memoryMb.afterWarmup)} after warm-up; ${memLine(r.memoryMb.afterLatencyPhases)} after the load phases; ${memLine(r.memoryMb.soakSamples.at(-1))} at the end`,

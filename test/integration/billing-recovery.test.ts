@@ -4,7 +4,7 @@
 import { fileURLToPath } from 'node:url';
 import { Redis } from 'ioredis';
 import postgres from 'postgres';
-import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessLogClient, entryFor } from '../helpers/access-log-client.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { httpStatus, responseHeaders, startHarness, type Harness } from '../helpers/harness.js';
@@ -64,8 +64,11 @@ describe.skipIf(!services)('rebuilding lost counters', () => {
     });
     logs = new AccessLogClient(h.app.grpcPort);
     // The app's reporter runs once at start (then hourly): let that run finish, so the test's own runs are
-    // the only ones from here on.
+    // the only ones from here on. It is a timer, so it fires only after this flush has begun, and runs after
+    // it: wait for both runs, not just this one. (A start run still reading Redis when the first test had
+    // settled its Checks reported them itself, and the test's own flush then found nothing to send.)
     await h.app.billing.reporter!.flush();
+    await vi.waitFor(() => expect(h.app.billing.reporter!.stats.flushes).toBe(2));
   });
 
   afterAll(async () => {

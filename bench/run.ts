@@ -209,7 +209,7 @@ async function main(): Promise<void> {
         [...flags, 'bin/usage-limiter.js', 'serve'],
         { ...baseEnv, ...env, ...(process.env.DENY_MEMORY_MS ? { DENY_MEMORY_MS: process.env.DENY_MEMORY_MS } : {}), REDIS_URL: serverRedis, GRPC_PORT: String(grpcPort), HTTP_PORT: String(httpPort), GRPC_HOST: '127.0.0.1', HTTP_HOST: '127.0.0.1', MIGRATE_ON_START: 'false' },
         // Ready by /readyz, not by its log line, so that any LOG_LEVEL can be measured (BENCH_SERVER_ENV).
-        () => httpStatus(httpPort, '/readyz').then((status) => status === 200, () => false),
+        () => httpGet(httpPort, '/readyz', 2000).then((r) => r.status === 200, () => false),
         work,
         cwd,
       );
@@ -436,34 +436,26 @@ async function main(): Promise<void> {
 }
 
 /**
- * GET /metrics on a fresh connection. (fetch would reuse a kept-alive one, which the server closes while the
- * synchronous load phases block this process, so the next fetch fails on it.)
+ * GET `urlPath` on a fresh connection: its status and body. (fetch would reuse a kept-alive one, which the server
+ * closes while the synchronous load phases block this process, so the next fetch fails on it.) `timeoutMs`
+ * bounds a readiness probe; /metrics waits as long as the server takes.
  */
-function httpStatus(port: number, urlPath: string): Promise<number> {
+function httpGet(port: number, urlPath: string, timeoutMs?: number): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    http
-      .get({ host: '127.0.0.1', port, path: urlPath, agent: false, timeout: 2000 }, (res) => {
-        res.resume();
-        resolve(res.statusCode ?? 0);
-      })
-      .on('timeout', function (this: http.ClientRequest) {
-        this.destroy(new Error('timed out'));
+    const req = http
+      .get({ host: '127.0.0.1', port, path: urlPath, agent: false, ...(timeoutMs === undefined ? {} : { timeout: timeoutMs }) }, (res) => {
+        let body = '';
+        res.setEncoding('utf8');
+        res.on('data', (c: string) => (body += c));
+        res.on('end', () => resolve({ status: res.statusCode ?? 0, body }));
       })
       .on('error', reject);
+    req.on('timeout', () => req.destroy(new Error('timed out')));
   });
 }
 
 function metricsText(port: number): Promise<string> {
-  return new Promise((resolve, reject) => {
-    http
-      .get({ host: '127.0.0.1', port, path: '/metrics', agent: false }, (res) => {
-        let body = '';
-        res.setEncoding('utf8');
-        res.on('data', (c: string) => (body += c));
-        res.on('end', () => resolve(body));
-      })
-      .on('error', reject);
-  });
+  return httpGet(port, '/metrics').then((r) => r.body);
 }
 
 /**

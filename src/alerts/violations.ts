@@ -70,16 +70,32 @@ export const COUNTERS_PER_CALL = 100;
 
 let addCountersLua: string | undefined;
 
-export function redisWindowCounter(client: Redis | Cluster): WindowCounter {
-  if (!(client instanceof Cluster) && typeof (client as unknown as Record<string, unknown>)[ADD_COUNTERS] !== 'function') {
+/** The script call of add-counters.lua on a standalone client (defined on it once). */
+function addCountersCommand(client: Redis): AddCounters {
+  if (typeof (client as unknown as Record<string, unknown>)[ADD_COUNTERS] !== 'function') {
     // defineCommand sends EVALSHA and falls back to EVAL on NOSCRIPT (a restarted or flushed Redis).
     addCountersLua ??= fs.readFileSync(new URL('./add-counters.lua', import.meta.url), 'utf8');
     client.defineCommand(ADD_COUNTERS, { lua: addCountersLua });
   }
+  return (client as unknown as Record<typeof ADD_COUNTERS, AddCounters>)[ADD_COUNTERS].bind(client);
+}
+
+/**
+ * The new totals when every counter was added; else the error: the failure itself when none was, a
+ * PartialCountError (null for each counter not added) when some were.
+ */
+function totalsOrThrow(totals: Array<number | null>, failure: { readonly reason: unknown } | undefined): number[] {
+  if (failure === undefined) return totals as number[];
+  if (totals.every((t) => t === null)) throw failure.reason;
+  throw new PartialCountError(totals, failure.reason);
+}
+
+export function redisWindowCounter(client: Redis | Cluster): WindowCounter {
+  const addCounters = client instanceof Cluster ? null : addCountersCommand(client);
   return {
     async add(entries) {
       if (entries.length === 0) return [];
-      if (client instanceof Cluster) {
+      if (addCounters === null) {
         // A cluster pipeline must stay within one slot: one pipeline per counter, all sent at once. The
         // shards fail independently, so some counters may be added while others are not.
         const results = await Promise.allSettled(
@@ -90,14 +106,13 @@ export function redisWindowCounter(client: Redis | Cluster): WindowCounter {
             return Number(value);
           }),
         );
-        const failed = results.find((r): r is PromiseRejectedResult => r.status === 'rejected');
-        if (failed === undefined) return results.map((r) => (r.status === 'fulfilled' ? r.value : 0));
-        if (results.every((r) => r.status === 'rejected')) throw failed.reason;
-        throw new PartialCountError(results.map((r) => (r.status === 'fulfilled' ? r.value : null)), failed.reason);
+        return totalsOrThrow(
+          results.map((r) => (r.status === 'fulfilled' ? r.value : null)),
+          results.find((r): r is PromiseRejectedResult => r.status === 'rejected'),
+        );
       }
       // One script call per chunk, all sent at once. A chunk whose call fails (a timeout, a lost connection)
       // counts as not added, so it is retried: whether Redis ran it before the reply was lost cannot be told.
-      const addCounters = (client as unknown as Record<typeof ADD_COUNTERS, AddCounters>)[ADD_COUNTERS].bind(client);
       const chunks: WindowCounterEntry[][] = [];
       for (let i = 0; i < entries.length; i += COUNTERS_PER_CALL) chunks.push(entries.slice(i, i + COUNTERS_PER_CALL));
       const replies = await Promise.allSettled(
@@ -105,23 +120,21 @@ export function redisWindowCounter(client: Redis | Cluster): WindowCounter {
           addCounters(chunk.length, ...chunk.map((e) => e.key), ...chunk.flatMap((e) => [String(e.delta), String(Math.max(1, Math.round(e.ttlMs)))])),
         ),
       );
-      let failure: unknown = null;
+      let failure: { reason: unknown } | undefined;
       const totals = chunks.flatMap((chunk, c) => {
         const reply = replies[c];
         if (reply?.status !== 'fulfilled') {
-          failure ??= reply?.reason ?? new Error('no reply');
+          failure ??= { reason: reply?.reason ?? new Error('no reply') };
           return chunk.map(() => null);
         }
         return chunk.map((e, i) => {
           const total = reply.value[i];
           if (total !== null && total !== undefined) return Number(total);
-          failure ??= new Error(`violation counter ${e.key} could not be added: it holds something other than a count`);
+          failure ??= { reason: new Error(`violation counter ${e.key} could not be added: it holds something other than a count`) };
           return null;
         });
       });
-      if (failure === null) return totals as number[];
-      if (totals.every((t) => t === null)) throw failure;
-      throw new PartialCountError(totals, failure);
+      return totalsOrThrow(totals, failure);
     },
   };
 }

@@ -27,7 +27,8 @@ const GC_KINDS: ReadonlyMap<number, string> = new Map([
   [constants.NODE_PERFORMANCE_GC_WEAKCB, 'weakcb'],
 ]);
 
-function gcKind(entry: PerformanceEntry): string {
+/** A GC entry's kind as the histogram labels it (`minor`, `major`, ...). */
+export function gcKind(entry: PerformanceEntry): string {
   // Node 16+ puts the kind in `detail`; the top-level `kind` is deprecated.
   const kind = ((entry as PerformanceEntry & { detail?: unknown }).detail as { kind?: number } | null | undefined)?.kind;
   return (kind !== undefined ? GC_KINDS.get(kind) : undefined) ?? 'other';

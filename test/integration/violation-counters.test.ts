@@ -16,7 +16,7 @@ describe.skipIf(!redisUp)('violation counters on Redis', () => {
   let monitor: Redis;
 
   beforeAll(() => {
-    redis = new Redis(TEST_REDIS_URL, { lazyConnect: false });
+    redis = new Redis(TEST_REDIS_URL);
     monitor = new Redis(TEST_REDIS_URL);
   });
   afterAll(async () => {

@@ -110,6 +110,21 @@ export function registerMetrics(meter: Meter, s: MetricsSources): CheckMetrics {
       r.observe(s.keyCache.stats.misses, { result: 'miss' });
     });
   meter
+    .createObservableCounter('usage_limiter_key_cache_loads', {
+      description:
+        'Keys the cache loaded from Postgres (not cached, unknown past the negative TTL, or known past the TTL and reloaded in the background), by whether Postgres knew them.',
+    })
+    .addCallback((r) => {
+      r.observe(s.keyCache.stats.loadedKnown, { key: 'known' });
+      r.observe(s.keyCache.stats.loadedUnknown, { key: 'unknown' });
+    });
+  meter
+    .createObservableCounter('usage_limiter_usage_rebuilds', {
+      description:
+        "Checks that found their period's usage counters missing and waited for a rebuild from Postgres (a tenant's first metered Check of a period, or counters the store lost).",
+    })
+    .addCallback((r) => r.observe(s.checkService.stats.usageRebuilds));
+  meter
     .createObservableGauge('usage_limiter_key_cache_entries', { description: 'Keys held in the in-process cache.' })
     .addCallback((r) => r.observe(s.keyCache.size));
 

@@ -33,6 +33,10 @@ export interface KeyCacheStats {
   loads: number;
   /** Queries those loads took (batched). */
   queries: number;
+  /** Loaded keys Postgres knew (a key first seen, or a known key past its TTL, reloaded in the background). */
+  loadedKnown: number;
+  /** Loaded keys Postgres did not know (a bad key, first seen or past its negative TTL). */
+  loadedUnknown: number;
   loadErrors: number;
   refreshes: number;
 }
@@ -57,7 +61,7 @@ export class KeyCache {
   private polling = false;
   private pollAgain = false;
   private pollFailing = false;
-  readonly stats: KeyCacheStats = { hits: 0, misses: 0, loads: 0, queries: 0, loadErrors: 0, refreshes: 0 };
+  readonly stats: KeyCacheStats = { hits: 0, misses: 0, loads: 0, queries: 0, loadedKnown: 0, loadedUnknown: 0, loadErrors: 0, refreshes: 0 };
 
   constructor(
     private readonly directory: TenantDirectory,
@@ -118,6 +122,8 @@ export class KeyCache {
         (found) => {
           for (const hash of chunk) {
             const value = found.get(hash) ?? null;
+            if (value === null) this.stats.loadedUnknown++;
+            else this.stats.loadedKnown++;
             this.store(hash, value);
             this.settle(hash)?.resolve(value);
           }

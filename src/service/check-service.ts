@@ -43,6 +43,11 @@ export interface CheckStats {
   directoryErrors: number;
   /** Checks whose deadline had passed before they needed Redis or Postgres: answered without asking. */
   shed: number;
+  /**
+   * Checks whose script found the period's usage counters missing and that waited for them to be rebuilt
+   * from Postgres: a tenant's first metered Check of a period, or counters Redis lost.
+   */
+  usageRebuilds: number;
 }
 
 class TimeoutError extends Error {
@@ -79,7 +84,7 @@ function forPath(d: Deny, path: string): Deny {
 const DEADLINE_MARGIN_MS = 5 + POLL_GRACE_MS;
 
 export class CheckService {
-  readonly stats: CheckStats = { storeErrors: 0, directoryErrors: 0, shed: 0 };
+  readonly stats: CheckStats = { storeErrors: 0, directoryErrors: 0, shed: 0, usageRebuilds: 0 };
   private lastErrorLogMs = 0;
 
   constructor(private readonly deps: CheckServiceDeps) {}
@@ -173,6 +178,7 @@ export class CheckService {
     const { store, now } = this.deps;
     const period = plan.ctx.period;
     if (key === null || period === null) throw new Error('usage counters missing for a Check without a metered period');
+    this.stats.usageRebuilds++;
     const recover =
       this.deps.recoverUsage ??
       (async (k: ResolvedKey, p: Period) => {

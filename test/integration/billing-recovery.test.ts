@@ -8,6 +8,7 @@ import { afterAll, beforeAll, describe, expect, it, vi } from 'vitest';
 import { AccessLogClient, entryFor } from '../helpers/access-log-client.js';
 import { FakeStripe } from '../helpers/fake-stripe.js';
 import { httpStatus, responseHeaders, startHarness, type Harness } from '../helpers/harness.js';
+import { parsePrometheus } from '../helpers/prometheus.js';
 import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL, dropKeysWithPrefix } from '../helpers/services.js';
 
 const services = (await hasRedis()) && (await hasPostgres());
@@ -35,6 +36,11 @@ describe.skipIf(!services)('rebuilding lost counters', () => {
     await redis.del(...keys);
   }
   const rebuiltLogs = (tenantId: string) => h.logs.records().filter((r) => r.event === 'usage.rebuilt' && r.tenantId === tenantId);
+  /** `usage_limiter_usage_rebuilds_total` from /metrics: Checks that waited for a rebuild. */
+  const rebuilds = async () => {
+    const res = await fetch(`http://127.0.0.1:${h.app.httpPort}/metrics`);
+    return parsePrometheus(await res.text()).value('usage_limiter_usage_rebuilds_total');
+  };
 
   beforeAll(async () => {
     stripe = new FakeStripe({ meters: ['api_requests', 'extract_calls'] });
@@ -102,6 +108,7 @@ describe.skipIf(!services)('rebuilding lost counters', () => {
 
     await loseTenant('recover_R');
     h.clock.now = T0 + 60_000;
+    const rebuildsBefore = await rebuilds();
     const next = await call(KEY_R, '/verify');
     expect(httpStatus(next)).toBe(200);
     expect(responseHeaders(next)['X-RateLimit-Remaining']).toBe('3'); // 6 rebuilt + this one, of 10
@@ -126,6 +133,8 @@ describe.skipIf(!services)('rebuilding lost counters', () => {
     for (let i = 0; i < 4; i++) verify.push(httpStatus(await call(KEY_R, '/verify')));
     expect(verify).toEqual([200, 200, 200, 429]);
     expect(rebuiltLogs('recover_R')).toHaveLength(1);
+    // One Check waited for the rebuild; the eleven after it found the counters there.
+    expect((await rebuilds()) - rebuildsBefore).toBe(1);
   });
 
   it('bills the units Stripe already had only once', async () => {
@@ -146,11 +155,16 @@ describe.skipIf(!services)('rebuilding lost counters', () => {
   it('opens a tenant’s first period at zero without asking Stripe, and logs no rebuild', async () => {
     const summaryCalls = () => stripe.requests.filter((r) => r.path.includes('/event_summaries')).length;
     const before = summaryCalls();
+    const rebuildsBefore = await rebuilds();
     const first = await call(KEY_N, '/verify');
     expect(httpStatus(first)).toBe(200);
     expect(responseHeaders(first)['X-RateLimit-Remaining']).toBe('9');
     expect(summaryCalls()).toBe(before);
     expect(rebuiltLogs('recover_N')).toEqual([]);
+    // Opening the period is the one Postgres query a metered Check can wait for, and it is counted.
+    expect((await rebuilds()) - rebuildsBefore).toBe(1);
+    expect(httpStatus(await call(KEY_N, '/verify'))).toBe(200);
+    expect((await rebuilds()) - rebuildsBefore).toBe(1);
   });
 
   it('rebuilds from Postgres alone when Stripe cannot answer, and says that too', async () => {

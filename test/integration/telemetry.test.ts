@@ -147,6 +147,10 @@ describe.skipIf(!services)('telemetry', () => {
 
     expect(m.value('usage_limiter_key_cache_lookups_total', { result: 'hit' })).toBeGreaterThan(0);
     expect(m.value('usage_limiter_key_cache_lookups_total', { result: 'miss' })).toBeGreaterThan(0);
+    // The keys of the file were preloaded at start; the one unknown key was asked of Postgres once.
+    expect(m.value('usage_limiter_key_cache_loads_total', { key: 'known' })).toBe(0);
+    expect(m.value('usage_limiter_key_cache_loads_total', { key: 'unknown' })).toBe(1);
+    expect(m.value('usage_limiter_usage_rebuilds_total')).toBe(0); // the store held both tenants' counters
     expect(m.types.get('usage_limiter_key_cache_entries')).toBe('gauge');
     expect(m.value('usage_limiter_key_cache_entries')).toBeGreaterThanOrEqual(2);
     expect(m.value('usage_limiter_alert_backlog')).toBe(0);

@@ -22,6 +22,8 @@
 //        [--max-inflight 256]   open loop: requests in flight at most, as Envoy's circuit breaker
 //                            (max_requests in envoy/envoy.yaml) keeps them; one due beyond it is not sent and
 //                            counts as `overflow` (Envoy answers it at once by its failure mode)
+//        [--offset 0]        the corpus entry to send first (the corpus wraps around); the bench's warm-up
+//                            continues each run where the last one stopped, so every entry is sent once
 //        [--connections 4 --streams 16]   closed loop: as fast as the server answers (64 in flight, as
 //                                         a few Envoy workers would keep; deeper queues only add latency)
 // Prints one JSON line: sent, completed, errors, achieved rate, latency percentiles, the generator's own
@@ -43,6 +45,7 @@ const { values } = parseArgs({
     deadline: { type: 'string', default: '200' },
     'max-inflight': { type: 'string', default: '256' },
     'reset-at-deadline': { type: 'boolean', default: false },
+    offset: { type: 'string', default: '0' },
   },
 });
 
@@ -110,7 +113,7 @@ const PREFACE = Buffer.concat([
   (() => { const b = Buffer.alloc(4); b.writeUInt32BE(MAX_WINDOW - 65_535); return b; })(),
 ]);
 
-let next = 0;
+let next = Number(values.offset);
 let sent = 0;
 let completed = 0;
 let errors = 0;

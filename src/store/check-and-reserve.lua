@@ -12,7 +12,7 @@ routed to the one slot that the `{tenant}` hash tag gives all of a tenant's keys
 Time is the caller's clock (ARGV[1]); the script never calls TIME, and every expiry is a TTL measured from
 that clock, so a Redis server whose clock differs (or a test with a fixed clock) changes nothing.
 
-KEYS[1]            read_rate:<tenant>                       sorted set: member per admitted read, score = time
+KEYS[1]            read_rate:<tenant>                       sorted set: member per allowed read, score = time
 KEYS[2]            read_rate:<tenant>:seq                   counter that keeps members unique
 KEYS[3]            usage:<tenant>:<YYYY-MM>                 hash (present only when a quota is requested)
 KEYS[4]            usage_pending:<tenant>:<endpoint>:<YYYY-MM>   sorted set: request id -> time (same)
@@ -35,7 +35,8 @@ ARGV[13 .. 12+n]  the percents, integers, ascending
 
 Reply, a flat array of integers (Lua ends an array at its first nil, so there are none):
   [1] read rate: 0 not requested (or not evaluated), 1 allowed, 2 denied
-  [2] requests in the window (after recording this one when allowed)
+  [2] requests in the window (after recording this one: a read is recorded when neither the window nor
+      the quota denied it)
   [3] oldest score in the window, or -1 when it is empty
   [4] quota: 0 not evaluated, 1 allowed, 2 denied by the endpoint limit, 3 denied by the total limit,
       4 the usage hash is missing and ARGV[11] asked to report it: nothing else was looked at or written
@@ -68,30 +69,23 @@ local function int(n)
   return string.format('%.0f', n)
 end
 
+local function oldestRead()
+  local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  if first[2] == nil then return -1 end
+  return tonumber(first[2])
+end
+
 local rrStatus, rrCount, rrOldest = 0, 0, -1
 if rrLimit >= 0 then
   -- An entry exactly windowMs old has left the window, so the cutoff is inclusive.
   redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', int(now - windowMs))
   rrCount = redis.call('ZCARD', KEYS[1])
-  if rrCount < rrLimit then
-    local seq = redis.call('INCR', KEYS[2])
-    -- The time in the member keeps it unique even if an operator deletes only the :seq key.
-    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1] .. ':' .. seq)
-    redis.call('PEXPIRE', KEYS[1], ARGV[3])
-    redis.call('PEXPIRE', KEYS[2], ARGV[3])
-    rrCount = rrCount + 1
-    rrStatus = 1
-  else
-    rrStatus = 2
-  end
-  if rrCount > 0 then
-    local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-    rrOldest = tonumber(first[2])
-  end
   -- A denied read reserves nothing: quota and thresholds are not even looked at.
-  if rrStatus == 2 then
-    return { rrStatus, rrCount, rrOldest, 0, 0, 0, 0 }
+  if rrCount >= rrLimit then
+    return { 2, rrCount, rrCount > 0 and oldestRead() or -1, 0, 0, 0, 0 }
   end
+  -- Admitted by the window; recorded below, once the quota has not refused it.
+  rrStatus = 1
 end
 
 local qStatus, used, total = 0, 0, 0
@@ -147,6 +141,19 @@ if ARGV[4] == '1' then
       end
     end
   end
+end
+
+-- A read is recorded only when nothing denied it: a read the quota refuses does not use up the window.
+if rrStatus == 1 then
+  if qStatus ~= 2 and qStatus ~= 3 then
+    local seq = redis.call('INCR', KEYS[2])
+    -- The time in the member keeps it unique even if an operator deletes only the :seq key.
+    redis.call('ZADD', KEYS[1], ARGV[1], ARGV[1] .. ':' .. seq)
+    redis.call('PEXPIRE', KEYS[1], ARGV[3])
+    redis.call('PEXPIRE', KEYS[2], ARGV[3])
+    rrCount = rrCount + 1
+  end
+  if rrCount > 0 then rrOldest = oldestRead() end
 end
 
 local reply = { rrStatus, rrCount, rrOldest, qStatus, used, total, #crossed / 4 }

@@ -135,9 +135,15 @@ export function createMemoryStore(opts: MemoryStoreOptions = {}): MemoryCounterS
       trim(log, now);
     }
     const count = log?.times.length ?? 0;
-    if (count >= rr.limit) {
-      return { allowed: false, count, oldestMs: log?.times[0] ?? null };
-    }
+    return { allowed: count < rr.limit, count, oldestMs: log?.times[0] ?? null };
+  }
+
+  /** Records an allowed read (once the quota, if any, has not refused it), as the script does last. */
+  function recordRead(tenantId: string, rr: ReadRateRequest, now: number): ReadRateResult {
+    const key = keys(tenantId).readRate;
+    let log = readLogs.get(key);
+    if (log && log.expiresAt <= now) log = undefined;
+    const count = log?.times.length ?? 0;
     if (!log) {
       log = { times: [], windowMs: rr.windowMs, expiresAt: 0 };
       readLogs.set(key, log);
@@ -212,7 +218,10 @@ export function createMemoryStore(opts: MemoryStoreOptions = {}): MemoryCounterS
       }
       const rr = req.readRate ? readRate(req.tenantId, req.readRate, req.nowMs) : null;
       if (rr && !rr.allowed) return { readRate: rr, quota: null };
-      return { readRate: rr, quota: req.quota ? quota(req.tenantId, req.requestId, req.quota, req.nowMs) : null };
+      const q = req.quota ? quota(req.tenantId, req.requestId, req.quota, req.nowMs) : null;
+      // As in the script: a read the quota refuses does not use up the window.
+      const read = req.readRate && (q === null || q.allowed) ? recordRead(req.tenantId, req.readRate, req.nowMs) : rr;
+      return { readRate: read, quota: q };
     },
 
     async settle(entries: readonly SettleRequest[], nowMs: number): Promise<SettleOutcome[]> {

@@ -141,6 +141,31 @@ export function counterStoreContract(name: string, makeHarness: () => Promise<Co
         expect(second).toEqual({ readRate: { allowed: false, count: 1, oldestMs: NOW }, quota: null });
         expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1 } });
       });
+
+      it('does not record a read that the quota refuses', async () => {
+        // A metered GET: the window has room for two reads, the endpoint for one unit.
+        const meteredRead = (nowMs: number): CheckAndReserveRequest => ({
+          ...meteredRequest('t1', { endpointLimit: 1 }, nowMs),
+          readRate: { limit: 2, windowMs: WINDOW },
+        });
+        const first = await store.checkAndReserve(meteredRead(NOW));
+        expect(first.readRate).toEqual({ allowed: true, count: 1, oldestMs: NOW });
+        expect(first.quota?.allowed).toBe(true);
+        for (let i = 1; i <= 5; i++) {
+          const refused = await store.checkAndReserve(meteredRead(NOW + i));
+          expect(refused.quota).toMatchObject({ allowed: false, blockedBy: 'endpoint', endpointUsed: 1 });
+          expect(refused.readRate).toEqual({ allowed: true, count: 1, oldestMs: NOW });
+        }
+        // The five refused reads left no trace: an unmetered read still finds the second slot free.
+        const unmetered = await store.checkAndReserve(readRequest('t1', 2, NOW + 10));
+        expect(unmetered.readRate).toEqual({ allowed: true, count: 2, oldestMs: NOW });
+        expect(await store.usage('t1', PERIOD)).toEqual({ total: 1, endpoints: { '/verify': 1 } });
+      });
+
+      it('reports an empty window to a read the quota refuses first', async () => {
+        const refused = await store.checkAndReserve({ ...meteredRequest('t1', { endpointLimit: 0 }), readRate: { limit: 2, windowMs: WINDOW } });
+        expect(refused).toMatchObject({ readRate: { allowed: true, count: 0, oldestMs: null }, quota: { allowed: false } });
+      });
     });
 
     describe('quota', () => {

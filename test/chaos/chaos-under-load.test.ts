@@ -4,7 +4,8 @@
 // (some failed upstream: refunds). Meanwhile, on a fixed timeline:
 //   3 s Redis SIGKILLed, 5.5 s restarted (with its append-only file, as docker-compose.yml runs it); 8 s Redis
 //   paused (SIGSTOP), 10 s resumed; 9–18 s the alert webhook receiver failing (503); 11–19 s Stripe failing
-//   every call (5xx, dropped connections before and after recording); 13–17 s Postgres stopped.
+//   every call (5xx, dropped connections before and after recording); 11.5 s a fifth tenant, outside the load,
+//   raises four alerts; 13–17 s Postgres stopped.
 // Afterwards: no tenant passed its quota; every settled unit reached Stripe exactly once (Stripe = Redis's
 // settled usage = Postgres's reported units, no identifier twice); every alert raised was delivered exactly
 // once (a threshold crossed by an answer lost to a Redis timeout is never raised, as the README says); the
@@ -31,6 +32,8 @@ const TENANTS = [
   { id: 'chaos_d2', key: 'ul_chaos_D2_KEY_0000001', customer: 'cus_chaos_d2', policy: 'deny' },
 ] as const;
 type Tenant = (typeof TENANTS)[number];
+/** chaos_probe: no load, four metered calls while the webhook receiver fails (quota 4, four thresholds). */
+const PROBE_KEY = 'ul_chaos_PROBE_KEY_00001';
 const QUOTA = 250;
 const THRESHOLDS = [25, 50, 75, 100];
 const ENVOY_DEADLINE_MS = 250;
@@ -220,6 +223,13 @@ describe.skipIf(!runnable)('chaos under load', () => {
         const r = seededRandom(11);
         stripe.setFaults(() => (r() < 0.5 ? { kind: 'status', status: 503 } : r() < 0.5 ? { kind: 'drop-before' } : { kind: 'drop-after' }));
       }],
+      // Redis answers again and Postgres still does: alerts raised now meet the failing receiver.
+      [11.5, 'probe alerts raised', async () => {
+        for (let i = 0, reserved = 0; i < 20 && reserved < 4 && performance.now() - t0 < 12_500; i++) {
+          const res = await h.checkHttp({ key: PROBE_KEY, method: 'POST', path: '/verify', requestId: `chaos-probe-${i}` });
+          if (res.dynamic_metadata?.fields.reserved?.boolValue === true) reserved++;
+        }
+      }],
       [13, 'postgres-stopped', async () => { active.add('postgres-stopped'); await pg.stop(); }],
       [17, 'postgres back', async () => { await pg.start(); active.delete('postgres-stopped'); }],
       [18, 'webhooks back', () => { receiver.mode = 'ok'; active.delete('webhooks-failing'); }],
@@ -387,7 +397,8 @@ describe.skipIf(!runnable)('chaos under load', () => {
     // to the Postgres crash (its query given up at the handle's deadline) sends the row again after its lease.
     expect(new Set(deliveredIds).size).toBe(rows.length);
     expect(new Set(rows.map((r) => (r.payload as { id: string }).id))).toEqual(new Set(deliveredIds));
-    expect(receiver.received.some((r) => r.status === 503)).toBe(true); // the outage was felt
+    // The outage was felt: the probe's alerts, raised while the receiver failed, met it.
+    expect(receiver.received.some((r) => r.status === 503)).toBe(true);
     expect(stripe.count('fault')).toBeGreaterThan(0);
     for (const t of perTenant) expect(THRESHOLDS).toEqual(expect.arrayContaining(t.thresholds));
   });

@@ -16,24 +16,27 @@ export interface PgDirectoryOptions {
 
 export function createPgDirectory(handle: DatabaseHandle, opts: PgDirectoryOptions = {}): TenantDirectory {
   const { db } = handle;
-  // Keys of one tenant share one Tenant object and tenants of one tier one Tier object, as long as the row
-  // is unchanged (same updated_at): the core derives per-tier data once per Tier object, and 20,000 keys
-  // then cost 20,000 small entries rather than 20,000 copies of their tier.
-  const tierObjects = new Map<string, { stamp: number; tier: Tier }>();
-  const tenantObjects = new Map<string, { stamp: number; tenant: Tenant }>();
+  // Keys of one tenant share one Tenant object and tenants of one tier one Tier object, as long as what the
+  // Check reads of the row is unchanged: the core derives per-tier data once per Tier object, the deny memory
+  // holds a denial only while its Tier object is the live one, and 20,000 keys cost 20,000 small entries
+  // rather than 20,000 copies of their tier. The objects are compared by content, not by `updated_at`:
+  // hand-written SQL changes a row without touching `updated_at` (no trigger sets it), and must still reach
+  // the Check; a change to a column the Check does not read (Stripe prices) keeps the object.
+  const tierObjects = new Map<string, { stamp: string; tier: Tier }>();
+  const tenantObjects = new Map<string, { stamp: string; tenant: Tenant }>();
   const internTier = (row: TierRow): Tier => {
-    const stamp = row.updatedAt.getTime();
+    const tier = toTier(row);
+    const stamp = JSON.stringify(tier);
     const hit = tierObjects.get(row.id);
     if (hit !== undefined && hit.stamp === stamp) return hit.tier;
-    const tier = toTier(row);
     tierObjects.set(row.id, { stamp, tier });
     return tier;
   };
   const internTenant = (row: TenantRow): Tenant => {
-    const stamp = row.updatedAt.getTime();
+    const tenant = toTenant(row);
+    const stamp = JSON.stringify(tenant);
     const hit = tenantObjects.get(row.id);
     if (hit !== undefined && hit.stamp === stamp) return hit.tenant;
-    const tenant = toTenant(row);
     tenantObjects.set(row.id, { stamp, tenant });
     return tenant;
   };

@@ -94,6 +94,28 @@ describe('PGlite directory', () => {
     expect(revoked.get(hashApiKey('vk_live_FREE_PLAN_KEY'))?.revokedAtMs).toBeTypeOf('number');
   });
 
+  it('sees hand-written edits that leave updated_at alone, and keeps one object while nothing the Check reads changed', async () => {
+    const directory = createPgDirectory(handle);
+    const hash = hashApiKey('vk_live_PRO_ALMOST_FULL_KEY');
+    const resolve = async () => (await directory.resolveMany([hash])).get(hash)!;
+    const before = await resolve();
+    const again = await resolve();
+    expect(again.tier).toBe(before.tier);
+    expect(again.tenant).toBe(before.tenant);
+    // As an operator in psql would: updated_at is not touched, and no trigger sets it.
+    await handle.db.execute(sql`update tiers set quota_total = ${(before.tier.monthlyQuota.total ?? 0) + 7} where id = ${before.tier.id}`);
+    await handle.db.execute(sql`update tenants set status = 'suspended' where id = ${before.tenant.id}`);
+    const after = await resolve();
+    expect(after.tier.monthlyQuota.total).toBe((before.tier.monthlyQuota.total ?? 0) + 7);
+    expect(after.tenant.status).toBe('suspended');
+    expect(after.tier).not.toBe(before.tier); // what lifts a denial the deny memory holds under the old tier
+    // A column the Check does not read leaves the objects as they were.
+    await handle.db.execute(sql`update tiers set stripe_prices = '["price_probe"]'::jsonb where id = ${before.tier.id}`);
+    expect((await resolve()).tier).toBe(after.tier);
+    await handle.db.execute(sql`update tenants set status = 'active' where id = ${before.tenant.id}`);
+    expect((await resolve()).tenant.status).toBe('active');
+  });
+
   it('keeps its data on disk across a reopen', async () => {
     const before = await createPgDirectory(handle).version();
     await handle.close();

@@ -123,6 +123,20 @@ describe.skipIf(!services)('keys CLI with two replicas', () => {
     }
   });
 
+  it('hand-written SQL that leaves updated_at alone reaches both replicas: a suspension, then its end', async () => {
+    const sql = postgres(db.url, { max: 1, onnotice: () => {} });
+    const key = 'ul_test_LENIENT_KEY_0001';
+    try {
+      expect(await statusOnBoth(key)).toEqual([200, 200]);
+      await sql`update tenants set status = 'suspended' where id = 'tenant_lenient'`;
+      await until('both replicas to refuse the suspended tenant', async () => (await statusOnBoth(key)).every((s) => s === 403), 2_000);
+      await sql`update tenants set status = 'active' where id = 'tenant_lenient'`;
+      await until('both replicas to serve the tenant again', async () => (await statusOnBoth(key)).every((s) => s === 200), 2_000);
+    } finally {
+      await sql.end();
+    }
+  });
+
   it('says what is wrong, and changes nothing, on bad input', async () => {
     const fail = (args: string[]) => cli(args, env).then(() => ({ code: 0, stderr: '' }), (e: { code: number; stderr: string }) => e);
     expect(await fail(['keys', 'create', '--tenant', 'tenant_nobody'])).toMatchObject({ code: 1, stderr: expect.stringContaining('tenant "tenant_nobody" does not exist') });

@@ -185,6 +185,8 @@ export class CheckService {
         await store.restoreUsage(k.tenant.id, p.label, { total: 0, endpoints: {} }, p.endMs, now());
       });
     await withTimeout(recover(key, period), budget(), 'usage rebuild');
+    // Denials remembered from the lost counters do not hold for the rebuilt ones.
+    this.deps.denyMemory?.forget(key.tenant.id);
     const again = await withTimeout(store.checkAndReserve(plan.request), budget(), 'counter store');
     if (again.usageMissing) throw new Error('usage counters still missing after a rebuild');
     return again;
@@ -212,7 +214,13 @@ export class CheckService {
   }
 
   private release(tenantId: string, period: string, endpoint: string, requestId: string): void {
-    this.deps.store.settle([{ tenantId, period, endpoint, requestId, failed: true }], this.deps.now()).catch(() => {});
+    this.deps.store
+      .settle([{ tenantId, period, endpoint, requestId, failed: true }], this.deps.now())
+      .then(([outcome]) => {
+        // The unit is back: a denial remembered meanwhile (the tenant was at its limit) no longer holds.
+        if (outcome === 'refunded') this.deps.denyMemory?.forget(tenantId);
+      })
+      .catch(() => {});
   }
 
   // At most one error line per second: an outage must be visible, not flood the log at request rate.

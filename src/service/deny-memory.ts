@@ -7,8 +7,11 @@ import type { CheckAndReserveRequest } from '../store/types.js';
 // - never past the instant the limit frees capacity (the exact reset, not the rounded header value), so
 //   nothing the store would allow after a reset is denied;
 // - never across a tier change (a memo belongs to the Tier object it was made under: an upgrade, which
-//   the key cache delivers within milliseconds, lifts it at once), nor across a refund settled on this
-//   replica (`forget`);
+//   the key cache delivers within milliseconds, lifts it at once), nor across capacity given back on this
+//   replica (`forget`: a refund settled here, a reservation this replica released, counters it rebuilt);
+// - only where the store would give the same 429: a quota memo answers for the endpoint that met it alone
+//   (another endpoint may be over its own limit, which the store would name instead of the total), and
+//   never a read, which the store judges by its read window first;
 // - never longer than `holdMs` (DENY_MEMORY_MS), which bounds how long the remaining ways of giving
 //   capacity back early can go unnoticed: an operator's edit in Redis, or a refund settled on another
 //   replica.
@@ -26,7 +29,7 @@ interface Memo {
  */
 interface TenantMemos {
   read: Memo | undefined;
-  /** By `period \0 endpoint` (`__total__` for the total quota). */
+  /** By `period \0 endpoint`, whichever limit (the endpoint's or the total) denied it. */
   readonly quota: Map<string, Memo>;
 }
 
@@ -47,10 +50,8 @@ export class DenyMemory {
     if (t === undefined) return undefined;
     // The store checks the read window before the quota; so does this.
     let memo = req.readRate !== null && t.read !== undefined ? this.liveRead(req.tenantId, t, tier, nowMs) : undefined;
-    if (memo === undefined && req.quota !== null && t.quota.size > 0) {
-      memo =
-        this.liveQuota(req.tenantId, t, quotaKey(req.quota.period, req.quota.endpoint), tier, nowMs) ??
-        this.liveQuota(req.tenantId, t, quotaKey(req.quota.period, null), tier, nowMs);
+    if (memo === undefined && req.quota !== null && req.readRate === null && t.quota.size > 0) {
+      memo = this.liveQuota(req.tenantId, t, quotaKey(req.quota.period, req.quota.endpoint), tier, nowMs);
     }
     if (memo === undefined) return undefined;
     this.hits++;
@@ -65,8 +66,9 @@ export class DenyMemory {
     if (this.holdMs <= 0 || decision.rateLimit === null) return;
     let quota: string | null = null;
     if (decision.code === 'USAGE_LIMIT_EXCEEDED' && req.quota !== null) {
-      const byTotal = decision.events.some((e) => e.kind === 'usage_limit_exceeded' && e.endpoint === '__total__');
-      quota = quotaKey(req.quota.period, byTotal ? null : req.quota.endpoint);
+      // A metered read is never answered from a quota memo (see `recall`): nothing to keep.
+      if (req.readRate !== null) return;
+      quota = quotaKey(req.quota.period, req.quota.endpoint);
     } else if (decision.code !== 'READ_RATE_LIMIT_EXCEEDED') return;
     const untilMs = Math.min(decision.rateLimit.resetAtMs, nowMs + this.holdMs);
     if (untilMs <= nowMs) return;
@@ -86,7 +88,7 @@ export class DenyMemory {
     else t.quota.set(quota, memo);
   }
 
-  /** Drops every memo of a tenant: capacity was given back (a refund settled here). */
+  /** Drops every memo of a tenant: capacity was given back here (a refund, a release, a rebuild). */
   forget(tenantId: string): void {
     const t = this.tenants.get(tenantId);
     if (t === undefined) return;
@@ -144,6 +146,6 @@ export class DenyMemory {
   }
 }
 
-function quotaKey(period: string, endpoint: string | null): string {
-  return `${period}\u0000${endpoint ?? '__total__'}`;
+function quotaKey(period: string, endpoint: string): string {
+  return `${period}\u0000${endpoint}`;
 }

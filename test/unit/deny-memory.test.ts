@@ -1,6 +1,7 @@
 import { describe, expect, it } from 'vitest';
 import { concludeCheck, planCheck, type Deny, type Plan } from '../../src/core/decide.js';
 import { DenyMemory } from '../../src/service/deny-memory.js';
+import type { Tier } from '../../src/core/types.js';
 import { FREE, PRO, resolved, tenant } from '../helpers/fixtures.js';
 
 const NOW = Date.UTC(2025, 8, 18, 12, 0, 0);
@@ -60,6 +61,36 @@ describe('DenyMemory', () => {
     const other = new DenyMemory(5000);
     other.remember(readPlan.request, FREE, { ...readDeny, code: 'USAGE_CHECK_UNAVAILABLE', rateLimit: null }, NOW);
     expect(other.size).toBe(0);
+  });
+
+  it('never answers a metered read from a quota memo: the store would look at the read window first', () => {
+    const m = new DenyMemory(5000);
+    // FREE meters /verify for any method, and limits reads: a GET /verify is judged by both.
+    const postVerify = storePlan(planCheck({ method: 'POST', path: '/verify', key, requestId: 'r' }, C, NOW));
+    const getVerify = storePlan(planCheck({ method: 'GET', path: '/verify', key, requestId: 'r' }, C, NOW));
+    const overQuota = { readRate: null, quota: { allowed: false, endpointUsed: 100, totalUsed: 100, blockedBy: 'endpoint' as const, crossed: [] } };
+    m.remember(postVerify.request, FREE, concludeCheck(postVerify.ctx, overQuota, NOW) as Deny, NOW);
+    expect(m.recall(postVerify.request, FREE, NOW + 1)).toMatchObject({ code: 'USAGE_LIMIT_EXCEEDED' });
+    expect(m.recall(getVerify.request, FREE, NOW + 1)).toBeUndefined();
+    // Nor is one kept from a metered read's own 429.
+    const readOverQuota = { ...overQuota, readRate: { allowed: true, count: 3, oldestMs: NOW - 1000 } };
+    const before = m.size;
+    m.remember(getVerify.request, FREE, concludeCheck(getVerify.ctx, readOverQuota, NOW) as Deny, NOW);
+    expect(m.size).toBe(before);
+  });
+
+  it('repeats a denial by the total for the endpoint that met it only', () => {
+    // Another endpoint may be over its own limit as well, and the store would name that limit.
+    const tier: Tier = { ...PRO, monthlyQuota: { total: 20, endpoints: { '/verify': 100, '/extract': 5 } } };
+    const T = resolved(tenant('tenant_T', 'pro'), tier);
+    const verify = storePlan(planCheck({ method: 'POST', path: '/verify', key, requestId: 'r' }, T, NOW));
+    const extract = storePlan(planCheck({ method: 'POST', path: '/extract', key, requestId: 'r' }, T, NOW));
+    const byTotal = concludeCheck(verify.ctx, { readRate: null, quota: { allowed: false, endpointUsed: 15, totalUsed: 20, blockedBy: 'total', crossed: [] } }, NOW) as Deny;
+    expect(byTotal.rateLimit?.limit).toBe(20);
+    const m = new DenyMemory(5000);
+    m.remember(verify.request, tier, byTotal, NOW);
+    expect(m.recall(verify.request, tier, NOW + 1)).toMatchObject({ code: 'USAGE_LIMIT_EXCEEDED', rateLimit: { limit: 20 } });
+    expect(m.recall(extract.request, tier, NOW + 1)).toBeUndefined();
   });
 
   it('does nothing when disabled, and stays bounded', () => {

@@ -8,9 +8,15 @@ import type { TenantDirectory } from './types.js';
 //   tenants whose keys were seen recently.
 // - Unknown keys are cached negatively for a few seconds, so a flood of bad keys costs one query per key
 //   per few seconds, not one per request; concurrent misses on one key share one query (single flight).
+//   They are held apart from known keys, each bounded by `maxEntries`: a flood of made-up keys cannot evict
+//   the keys of real tenants (which would send their Checks to Postgres, or to a 503 while it is down).
+// - When full, the entry stored longest ago goes. A known key in use is stored again each time it is
+//   reloaded (every `ttlMs`), so it moves to the back: the keys evicted are those not used lately.
 // - Every replica polls the directory's version counter (bumped by triggers on any change) and refreshes
 //   all cached entries in bulk when it moves, so a revoked key or a tier change is enforced everywhere
-//   within about one poll interval.
+//   within about one poll interval. Two races are closed: the version is read before the preload (a change
+//   committed while the keys are read is then a change to the first poll), and a load whose query started
+//   before a change was seen is not cached (it may have read the rows as they were).
 
 export interface KeyCacheOptions {
   readonly ttlMs: number;
@@ -22,7 +28,7 @@ export interface KeyCacheOptions {
 }
 
 interface Entry {
-  value: ResolvedKey | null;
+  value: ResolvedKey;
   expiresAtMs: number;
 }
 
@@ -52,6 +58,10 @@ interface Waiter {
 
 export class KeyCache {
   private readonly entries = new Map<string, Entry>();
+  /** Unknown key hashes → until when they are known to be unknown. */
+  private readonly unknown = new Map<string, number>();
+  /** Moves on each directory change seen: a load begun under an older generation is not cached. */
+  private generation = 0;
   private readonly inflight = new Map<string, Promise<ResolvedKey | null>>();
   private readonly waiting = new Map<string, Waiter>();
   private batch: string[] = [];
@@ -74,21 +84,18 @@ export class KeyCache {
    */
   peek(hash: string): ResolvedKey | null | undefined {
     const e = this.entries.get(hash);
-    if (e === undefined) {
-      this.stats.misses++;
-      return undefined;
-    }
-    if (e.expiresAtMs > this.opts.now()) {
+    if (e !== undefined) {
       this.stats.hits++;
+      if (e.expiresAtMs <= this.opts.now()) void this.load(hash).catch(() => {});
       return e.value;
     }
-    if (e.value === null) {
-      this.stats.misses++;
-      return undefined;
+    const unknownUntil = this.unknown.get(hash);
+    if (unknownUntil !== undefined && unknownUntil > this.opts.now()) {
+      this.stats.hits++;
+      return null;
     }
-    this.stats.hits++;
-    void this.load(hash).catch(() => {});
-    return e.value;
+    this.stats.misses++;
+    return undefined;
   }
 
   /**
@@ -115,16 +122,20 @@ export class KeyCache {
     this.batchScheduled = false;
     const hashes = this.batch;
     this.batch = [];
+    const generation = this.generation;
     for (let i = 0; i < hashes.length; i += LOAD_BATCH) {
       const chunk = hashes.slice(i, i + LOAD_BATCH);
       this.stats.queries++;
       this.directory.resolveMany(chunk).then(
         (found) => {
+          // A change seen since the query began may postdate what it read: answer the waiting Checks (they
+          // were in flight at the change) but cache nothing, so the next Check of the key reads it afresh.
+          const current = generation === this.generation;
           for (const hash of chunk) {
             const value = found.get(hash) ?? null;
             if (value === null) this.stats.loadedUnknown++;
             else this.stats.loadedKnown++;
-            this.store(hash, value);
+            if (current) this.store(hash, value);
             this.settle(hash)?.resolve(value);
           }
         },
@@ -149,23 +160,34 @@ export class KeyCache {
    */
   async warm(): Promise<number> {
     if (this.directory.resolveAll === undefined) return 0;
+    // The version before the keys: a change that commits while they are read makes the first poll see a
+    // new version and reload them. Taken after, it would be the baseline, and the change never applied.
+    const version = await this.directory.version();
     const found = await this.directory.resolveAll(this.opts.maxEntries);
     for (const [hash, value] of found) this.store(hash, value);
+    if (this.lastVersion === null) this.lastVersion = version;
     return found.size;
   }
 
   private store(hash: string, value: ResolvedKey | null): void {
-    const ttl = value === null ? this.opts.negativeTtlMs : this.opts.ttlMs;
-    if (!this.entries.has(hash) && this.entries.size >= this.opts.maxEntries) {
-      // Evict the oldest insertion; Map iteration order is insertion order.
-      const oldest = this.entries.keys().next();
-      if (!oldest.done) this.entries.delete(oldest.value);
+    const now = this.opts.now();
+    if (value === null) {
+      this.entries.delete(hash); // a key deleted from the directory is unknown from now on
+      this.unknown.delete(hash);
+      evictOldest(this.unknown, this.opts.maxEntries);
+      this.unknown.set(hash, now + this.opts.negativeTtlMs);
+      return;
     }
-    this.entries.set(hash, { value, expiresAtMs: this.opts.now() + ttl });
+    this.unknown.delete(hash);
+    // Deleted first so that it goes to the back of the Map's insertion order (see the top of the file).
+    this.entries.delete(hash);
+    evictOldest(this.entries, this.opts.maxEntries);
+    this.entries.set(hash, { value, expiresAtMs: now + this.opts.ttlMs });
   }
 
+  /** Keys held, known and unknown. */
   get size(): number {
-    return this.entries.size;
+    return this.entries.size + this.unknown.size;
   }
 
   /** Starts polling the directory version. The first successful poll sets the baseline. */
@@ -196,7 +218,10 @@ export class KeyCache {
       const version = await this.directory.version();
       if (this.pollFailing) this.opts.logger.info({ event: 'directory.recovered' }, 'directory reachable again');
       this.pollFailing = false;
-      if (this.lastVersion !== null && version !== this.lastVersion) await this.refreshAll();
+      if (this.lastVersion !== null && version !== this.lastVersion) {
+        this.generation++;
+        await this.refreshAll();
+      }
       this.lastVersion = version;
     } catch (err) {
       // Log the transition only, not every second of an outage.
@@ -217,17 +242,23 @@ export class KeyCache {
   }
 
   private async refreshAll(): Promise<void> {
-    const positive: string[] = [];
-    for (const [hash, e] of this.entries) {
-      if (e.value === null) this.entries.delete(hash);
-      else positive.push(hash);
-    }
+    this.unknown.clear();
+    const positive = [...this.entries.keys()];
     for (let i = 0; i < positive.length; i += REFRESH_CHUNK) {
       const chunk = positive.slice(i, i + REFRESH_CHUNK);
       const found = await this.directory.resolveMany(chunk);
       for (const hash of chunk) this.store(hash, found.get(hash) ?? null);
     }
     this.stats.refreshes++;
+  }
+}
+
+/** Makes room for one more entry: Map iteration order is insertion order, so the first is the oldest. */
+function evictOldest<V>(map: Map<string, V>, max: number): void {
+  while (map.size >= max) {
+    const oldest = map.keys().next();
+    if (oldest.done) return;
+    map.delete(oldest.value);
   }
 }
 

@@ -113,6 +113,72 @@ describe('KeyCache', () => {
   });
 });
 
+describe('KeyCache eviction and races with changes', () => {
+  it('keeps known keys however many unknown keys come', async () => {
+    const { dir, cache } = setup();
+    for (const h of ['a', 'b', 'c']) dir.keys.set(h, A);
+    for (const h of ['a', 'b', 'c']) await cache.load(h);
+    for (let i = 0; i < 20; i++) await cache.load(`made-up-${i}`);
+    for (const h of ['a', 'b', 'c']) expect(cache.peek(h)).toBe(A);
+    expect(cache.peek('made-up-19')).toBeNull(); // the unknown ones are bounded among themselves
+    expect(cache.peek('made-up-0')).toBeUndefined();
+    expect(cache.size).toBe(6);
+  });
+
+  it('evicts the key not used lately: a key reloaded because it is in use moves to the back', async () => {
+    const { dir, clock, cache } = setup();
+    for (const h of ['a', 'b', 'c', 'd']) dir.keys.set(h, A);
+    for (const h of ['a', 'b', 'c']) await cache.load(h);
+    clock.now += 60_000; // past the TTL: a Check of 'a' serves it and reloads it
+    expect(cache.peek('a')).toBe(A);
+    await new Promise((r) => setTimeout(r, 20));
+    await cache.load('d');
+    expect(cache.peek('b')).toBeUndefined();
+    expect(cache.peek('a')).toBe(A);
+  });
+
+  it('applies a change committed while it preloads, at the first poll', async () => {
+    const { dir, cache } = setup();
+    dir.keys.set('a', A);
+    const revoked = { ...A, revokedAtMs: 5 };
+    (dir as TenantDirectory).resolveAll = async () => {
+      const read = new Map([['a', A]]); // the rows as the preload's query saw them
+      dir.keys.set('a', revoked); // committed meanwhile
+      dir.v += 1n;
+      return read;
+    };
+    await cache.warm();
+    expect(cache.peek('a')).toBe(A);
+    await cache.poll();
+    expect(cache.peek('a')).toBe(revoked);
+  });
+
+  it('does not cache what a load read before a change it finished after', async () => {
+    const { dir, cache } = setup();
+    dir.keys.set('a', A);
+    await cache.poll(); // baseline
+    let release!: () => void;
+    const gate = new Promise<void>((r) => (release = r));
+    const resolveMany = dir.resolveMany.bind(dir);
+    dir.resolveMany = async (hashes) => {
+      const read = await resolveMany(hashes); // the rows as they were when the query ran
+      await gate;
+      return read;
+    };
+    const slow = cache.load('a');
+    await new Promise((r) => setTimeout(r, 20));
+    const revoked = { ...A, revokedAtMs: 5 };
+    dir.keys.set('a', revoked);
+    dir.v += 1n;
+    dir.resolveMany = resolveMany;
+    await cache.poll(); // the change is seen ('a' was not cached yet: nothing to reload)
+    release();
+    expect(await slow).toBe(A); // the Check in flight at the change gets what was read
+    expect(cache.peek('a')).toBeUndefined(); // but the next one reads it again
+    expect(await cache.load('a')).toBe(revoked);
+  });
+});
+
 describe('KeyCache batching and preload', () => {
   it('answers a burst of distinct cold keys with one query', async () => {
     const { dir, cache } = setup();

@@ -3,7 +3,8 @@
 //
 // Rules, in order:
 //  1. Drop the fragment (`#...`) and the query string (`?...`).
-//  2. Percent-decode once (`%2F` becomes `/`); malformed escapes are kept literally, and so are `%25`, `%3F`
+//  2. Percent-decode once (`%2F` becomes `/`); the bytes of malformed escapes are kept literally (each
+//     well-formed sequence beside them is still decoded), and so are `%25`, `%3F`
 //     and `%23`: decoded, they would read as an escape, a query or a fragment the next time the path is read,
 //     so the result would not be canonical (`/%2576erify` would normalise to `/%76erify`, then to `/verify`).
 //  3. Backslashes count as slashes (some upstream frameworks treat them so).
@@ -20,8 +21,28 @@ function decodeRun(run: string): string {
   try {
     return decodeURIComponent(run);
   } catch {
-    return run;
+    return decodeEach(run);
   }
+}
+
+// A run with a malformed sequence in it: each well-formed UTF-8 sequence is decoded on its own and only the
+// bytes that start no valid sequence stay escaped, so one bad byte cannot shield a `%2F` or `%2E` beside it
+// (`/x%FF%2F..%2Fverify` is `/verify`, as `/x%2F..%2Fverify` is).
+function decodeEach(run: string): string {
+  const escapes = run.match(/%[0-9a-fA-F]{2}/g) ?? [];
+  let out = '';
+  for (let i = 0; i < escapes.length; ) {
+    const lead = Number.parseInt(escapes[i]!.slice(1), 16);
+    const len = lead < 0x80 ? 1 : lead >= 0xf0 ? 4 : lead >= 0xe0 ? 3 : 2;
+    try {
+      out += decodeURIComponent(escapes.slice(i, i + len).join(''));
+      i += len;
+    } catch {
+      out += escapes[i];
+      i++;
+    }
+  }
+  return out;
 }
 
 function percentDecode(s: string): string {

@@ -5,7 +5,8 @@ import { MAX_PATH_LENGTH, normalizePath } from './path.js';
 
 export const MAX_API_KEY_LENGTH = 256;
 
-export type KeyHeader = 'x-api-key' | 'authorization';
+/** Where the key came from; `both`: the same key in `x-api-key` and as `authorization`'s Bearer token. */
+export type KeyHeader = 'x-api-key' | 'authorization' | 'both';
 
 export type KeyPresentation =
   | { readonly kind: 'missing' }
@@ -49,12 +50,14 @@ function presentKey(raw: string, header: KeyHeader): KeyPresentation {
 /** `x-api-key` wins over `authorization: Bearer <key>`; other authorization schemes are not keys. */
 export function extractKey(headers: ReadonlyMap<string, string>): KeyPresentation {
   const direct = headers.get('x-api-key');
-  if (direct !== undefined && direct.trim() !== '') return presentKey(direct, 'x-api-key');
   const auth = headers.get('authorization');
-  if (auth !== undefined) {
-    const m = /^\s*bearer\s+(.*)$/i.exec(auth);
-    if (m) return presentKey(m[1] ?? '', 'authorization');
+  const bearer = auth === undefined ? undefined : /^\s*bearer\s+(.*)$/i.exec(auth)?.[1];
+  if (direct !== undefined && direct.trim() !== '') {
+    // The same key sent twice must leave the request twice: the upstream never sees it. A different
+    // Bearer token is the client's business with the upstream and stays.
+    return presentKey(direct, bearer !== undefined && bearer.trim() === direct.trim() ? 'both' : 'x-api-key');
   }
+  if (bearer !== undefined) return presentKey(bearer, 'authorization');
   return { kind: 'missing' };
 }
 
@@ -74,11 +77,14 @@ export function toCheckInput(raw: RawHttpRequest, fallbackId: () => string): Inp
   if (method === undefined || !METHOD.test(method)) {
     return { ok: false, requestId, reason: 'missing or invalid method' };
   }
-  if (raw.path === undefined || raw.path === '' || raw.path.length > MAX_PATH_LENGTH) {
-    return { ok: false, requestId, reason: 'missing or oversized path' };
-  }
+  if (raw.path === undefined || raw.path === '') return { ok: false, requestId, reason: 'missing path' };
+  // The bound is on the path alone: the query (which Envoy's path carries, and Envoy lets reach 60 KiB of
+  // headers) is dropped unread, and a long one is the client's business with the upstream.
+  const q = raw.path.indexOf('?');
+  const path = q >= 0 ? raw.path.slice(0, q) : raw.path;
+  if (path.length > MAX_PATH_LENGTH) return { ok: false, requestId, reason: 'oversized path' };
   return {
     ok: true,
-    input: { method, path: normalizePath(raw.path), key: extractKey(raw.headers), requestId },
+    input: { method, path: normalizePath(path), key: extractKey(raw.headers), requestId },
   };
 }

@@ -91,7 +91,7 @@ export function toCheckResponse(decision: Decision, requestId: string): CheckRes
   }
   const headers = [header(TENANT_ID_HEADER, decision.tenantId), header(TENANT_TIER_HEADER, decision.tierId)];
   // The key must not reach the upstream; neither may a client's attempt to claim a degraded pass.
-  const headersToRemove: string[] = [decision.keyHeader];
+  const headersToRemove: string[] = decision.keyHeader === 'both' ? ['x-api-key', 'authorization'] : [decision.keyHeader];
   if (decision.degraded) headers.push(header(DEGRADED_HEADER, 'true'));
   else headersToRemove.push(DEGRADED_HEADER);
 

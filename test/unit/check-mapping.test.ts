@@ -55,6 +55,11 @@ describe('toCheckResponse', () => {
     });
   });
 
+  it('allow: a key sent in both headers leaves the request in both', () => {
+    const r = toCheckResponse({ ...allow, keyHeader: 'both' }, 'rid');
+    expect(r.ok_response?.headers_to_remove).toEqual(['x-api-key', 'authorization', 'x-usage-limiter-degraded']);
+  });
+
   it('allow degraded: marks the upstream request', () => {
     const r = toCheckResponse({ ...allow, degraded: true, rateLimit: null, metering: null }, 'rid');
     expect(r.ok_response?.headers.map((h) => h.header.key)).toContain('x-usage-limiter-degraded');

@@ -25,6 +25,11 @@ describe('normalizePath', () => {
     ['/%252e%252e/verify', '/%252e%252e/verify'],
     ['/caf%C3%A9%25', '/café%25'],
     ['/broken%C3', '/broken%c3'],
+    // A broken byte does not shield the escapes beside it: what decodes, decodes.
+    ['/x%FF%2F..%2Fverify', '/verify'],
+    ['/%FF%2E%2E/verify', '/%ff../verify'],
+    ['/a%C3%2F..%2Fverify', '/verify'],
+    ['/caf%FF%C3%A9', '/caf%ffé'],
     ['', '/'],
     ['/', '/'],
     ['?only=query', '/'],

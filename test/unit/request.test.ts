@@ -12,7 +12,11 @@ describe('extractKey', () => {
     expect(extractKey(h({ authorization: 'bearer  k2 ' }))).toEqual({ kind: 'present', key: 'k2', header: 'authorization' });
   });
   it('prefers x-api-key over authorization', () => {
-    expect(extractKey(h({ 'x-api-key': 'k1', authorization: 'Bearer k2' }))).toMatchObject({ key: 'k1' });
+    expect(extractKey(h({ 'x-api-key': 'k1', authorization: 'Bearer k2' }))).toEqual({ kind: 'present', key: 'k1', header: 'x-api-key' });
+  });
+
+  it('says when the same key came in both headers, so that both are removed', () => {
+    expect(extractKey(h({ 'x-api-key': 'k1', authorization: 'bearer  k1 ' }))).toEqual({ kind: 'present', key: 'k1', header: 'both' });
   });
   it('ignores other schemes and empty values', () => {
     expect(extractKey(h({ authorization: 'Basic dXNlcjpwYXNz' }))).toEqual({ kind: 'missing' });
@@ -41,5 +45,10 @@ describe('toCheckInput', () => {
     expect(toCheckInput({ method: 'GET', path: undefined, headers: h({}), id: undefined }, fixedId)).toMatchObject({ ok: false });
     expect(toCheckInput({ method: 'G E T', path: '/', headers: h({}), id: undefined }, fixedId)).toMatchObject({ ok: false });
     expect(toCheckInput({ method: 'GET', path: '/' + 'a'.repeat(10_000), headers: h({}), id: undefined }, fixedId)).toMatchObject({ ok: false });
+  });
+  it('bounds the path, not the query it carries', () => {
+    const longQuery = toCheckInput({ method: 'GET', path: `/usage?q=${'a'.repeat(20_000)}`, headers: h({}), id: undefined }, fixedId);
+    expect(longQuery).toMatchObject({ ok: true, input: { path: '/usage' } });
+    expect(toCheckInput({ method: 'GET', path: `/${'a'.repeat(10_000)}?q=1`, headers: h({}), id: undefined }, fixedId)).toMatchObject({ ok: false });
   });
 });

@@ -1,7 +1,6 @@
 import { randomUUID } from 'node:crypto';
 import * as grpc from '@grpc/grpc-js';
 import { HealthImplementation, type ServingStatus } from 'grpc-health-check';
-import { deny } from '../core/decide.js';
 import { toCheckInput } from '../core/request.js';
 import type { Logger } from '../logger.js';
 import type { CheckService } from '../service/check-service.js';
@@ -49,7 +48,7 @@ export function createCheckHandler(
       requestId = parsed.ok ? parsed.input.requestId : parsed.requestId;
       if (!parsed.ok) {
         logger.debug({ requestId, reason: parsed.reason }, 'malformed CheckRequest denied');
-        callback(null, toCheckResponse(deny('BAD_REQUEST'), requestId));
+        callback(null, toCheckResponse(checkService.badRequest(), requestId));
         return;
       }
       const input = parsed.input;

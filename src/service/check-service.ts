@@ -89,6 +89,14 @@ export class CheckService {
 
   constructor(private readonly deps: CheckServiceDeps) {}
 
+  /**
+   * A CheckRequest the edge could not read (no method or path, an oversized path): denied with 400, and
+   * counted and observed like every other answer.
+   */
+  badRequest(): Decision {
+    return this.emit(deny('BAD_REQUEST'), performance.now());
+  }
+
   /** @param deadlineMs Envoy's deadline for this call (epoch ms), or Infinity. Never rejects. */
   check(input: CheckInput, deadlineMs = Number.POSITIVE_INFINITY): Promise<Decision> {
     const around = this.deps.around;

@@ -5,6 +5,7 @@ import { service as healthService } from 'grpc-health-check';
 import { Redis } from 'ioredis';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { createMemoryStore } from '../../src/store/memory-store.js';
+import { parsePrometheus } from '../helpers/prometheus.js';
 import { httpStatus, startHarness, type Harness } from '../helpers/harness.js';
 import { createTestDatabase, hasPostgres, hasRedis, testPrefix, TEST_REDIS_URL } from '../helpers/services.js';
 
@@ -105,6 +106,7 @@ describe.skipIf(!services)('malformed CheckRequests', () => {
     ['odd bytes in a header value', http({ method: 'GET', path: '/usage', headers: { 'x-api-key': 'a\u0000\u00ff\ud800b', 'x-request-id': '\u0001' } }), 401],
     ['absurdly long key', http({ method: 'GET', path: '/usage', headers: { 'x-api-key': 'k'.repeat(100_000) } }), 401],
     ['absurdly long path', http({ method: 'GET', path: `/${'p'.repeat(1_000_000)}`, headers: { 'x-api-key': FREE_KEY } }), 400],
+    ['a long query after a short path', http({ method: 'GET', path: `/usage?q=${'q'.repeat(20_000)}`, headers: { 'x-api-key': FREE_KEY } }), 200],
     ['unknown method', http({ method: 'BREW', path: '/usage', headers: { 'x-api-key': FREE_KEY } }), 200],
     ['lots of headers', http({ method: 'GET', path: '/usage', headers: Object.fromEntries(Array.from({ length: 5000 }, (_, i) => [`h-${i}`, 'v'])) }), 401],
   ];
@@ -122,6 +124,12 @@ describe.skipIf(!services)('malformed CheckRequests', () => {
   it('keeps serving afterwards', async () => {
     const res = await h.checkHttp({ key: FREE_KEY, path: '/usage' });
     expect(httpStatus(res)).toBe(200);
+  });
+
+  it('counts the 400s among the Check answers in /metrics', async () => {
+    const text = await (await fetch(`http://127.0.0.1:${h.app.httpPort}/metrics`)).text();
+    const badRequests = cases.filter(([, , status]) => status === 400).length;
+    expect(parsePrometheus(text).value('usage_limiter_check_decisions_total', { outcome: 'deny', code: 'BAD_REQUEST', tier: 'none' })).toBe(badRequests);
   });
 
   it('reports SERVING on grpc.health.v1 and ready on /readyz', async () => {

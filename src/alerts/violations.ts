@@ -166,6 +166,14 @@ const WINDOW_GRACE_MS = 60_000;
 export class ViolationTracker {
   /** Window start → tenant → denials not yet flushed. */
   private pending = new Map<number, Map<string, number>>();
+  /**
+   * Window start → tenant → denials whose call failed but which Redis may have added all the same (a reply
+   * lost to a timeout: Redis ran the script once it woke up). They are sent again, so the count may run
+   * high by that much; and the crossing may have happened inside the unread reply, so the next reply's
+   * test for it looks that far back. One alert per tenant and window even so: a second raise of the same
+   * window is the same outbox row.
+   */
+  private uncertain = new Map<number, Map<string, number>>();
   private timer: NodeJS.Timeout | null = null;
   private flushing: Promise<void> | null = null;
   private failing = false;
@@ -193,6 +201,14 @@ export class ViolationTracker {
     if (this.timer !== null) clearInterval(this.timer);
     this.timer = null;
     await this.flush();
+    let lost = 0;
+    for (const byTenant of this.pending.values()) for (const n of byTenant.values()) lost += n;
+    if (lost > 0) {
+      this.opts.logger.warn(
+        { event: 'violations.lost_on_shutdown', denials: lost, tenants: new Set([...this.pending.values()].flatMap((m) => [...m.keys()])).size },
+        'violation counts could not be added before exit',
+      );
+    }
   }
 
   /** Never rejects: on failure the deltas are kept for the next flush. */
@@ -232,9 +248,8 @@ export class ViolationTracker {
       totals = err instanceof PartialCountError ? err.totals : items.map(() => null);
       items.forEach((it, i) => {
         if (totals[i] !== null) return;
-        const w = this.pending.get(it.start) ?? new Map<string, number>();
-        w.set(it.tenantId, (w.get(it.tenantId) ?? 0) + it.delta);
-        this.pending.set(it.start, w);
+        addTo(this.pending, it.start, it.tenantId, it.delta);
+        addTo(this.uncertain, it.start, it.tenantId, it.delta);
       });
       if (!this.failing) {
         this.opts.logger.warn(
@@ -247,9 +262,26 @@ export class ViolationTracker {
     items.forEach((it, i) => {
       const total = totals[i];
       if (total === null || total === undefined) return;
-      if (total >= threshold && total - it.delta < threshold) {
+      const maybeAdded = takeFrom(this.uncertain, it.start, it.tenantId);
+      if (total >= threshold && total - it.delta - maybeAdded < threshold) {
         this.opts.onCrossed(it.tenantId, { startMs: it.start, lengthMs: windowMs }, total);
       }
     });
   }
+}
+
+function addTo(map: Map<number, Map<string, number>>, start: number, tenantId: string, n: number): void {
+  const byTenant = map.get(start) ?? new Map<string, number>();
+  byTenant.set(tenantId, (byTenant.get(tenantId) ?? 0) + n);
+  map.set(start, byTenant);
+}
+
+/** The count held for (start, tenant), removed; 0 when there is none. */
+function takeFrom(map: Map<number, Map<string, number>>, start: number, tenantId: string): number {
+  const byTenant = map.get(start);
+  const n = byTenant?.get(tenantId);
+  if (byTenant === undefined || n === undefined) return 0;
+  byTenant.delete(tenantId);
+  if (byTenant.size === 0) map.delete(start);
+  return n;
 }

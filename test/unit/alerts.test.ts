@@ -130,6 +130,60 @@ describe('ViolationTracker', () => {
   });
 });
 
+describe('ViolationTracker when a reply is lost', () => {
+  it('still raises a crossing that happened inside a call whose reply was lost (Redis ran it, late)', async () => {
+    const clock = { now: T0 };
+    const inner = memoryWindowCounter(() => clock.now);
+    // The first call times out on this side, but Redis runs it once it wakes: added, reply lost.
+    let stalls = 1;
+    const stalling: WindowCounter = {
+      add: async (e) => {
+        const totals = await inner.add(e);
+        if (stalls-- > 0) throw new Error('Command timed out');
+        return totals;
+      },
+    };
+    const crossed: number[] = [];
+    const t = new ViolationTracker({
+      counter: stalling,
+      threshold: 3,
+      windowMs: 60_000,
+      flushMs: 1_000,
+      keyPrefix: 'p:',
+      logger: logger().logger,
+      now: () => clock.now,
+      onCrossed: (_tenant, _w, count) => crossed.push(count),
+    });
+    for (let i = 0; i < 3; i++) t.record('a', clock.now);
+    await t.flush(); // 0 → 3 in Redis: the crossing, in the reply nobody read
+    expect(crossed).toEqual([]);
+    t.record('a', clock.now);
+    await t.flush(); // the 3 are sent again with the new one: 3 → 7
+    expect(crossed).toEqual([7]);
+    t.record('a', clock.now);
+    await t.flush();
+    expect(crossed).toEqual([7]); // raised once
+  });
+
+  it('says on shutdown how many denials it could not add', async () => {
+    const { logs, logger: log } = logger();
+    const t = new ViolationTracker({
+      counter: { add: () => Promise.reject(new Error('down')) },
+      threshold: 3,
+      windowMs: 60_000,
+      flushMs: 1_000,
+      keyPrefix: 'p:',
+      logger: log,
+      now: () => T0,
+      onCrossed: () => {},
+    });
+    t.record('a', T0);
+    t.record('b', T0);
+    await t.stop();
+    expect(logs.records().filter((r) => r.event === 'violations.lost_on_shutdown')).toEqual([expect.objectContaining({ denials: 2, tenants: 2 })]);
+  });
+});
+
 describe('AlertQueue', () => {
   const alert = (i: number): Alert => thresholdAlert({ tenantId: `t${i}`, endpoint: '/v', threshold: 1, usage: 1, limit: 1 }, '2025-09', T0);
 

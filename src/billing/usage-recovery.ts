@@ -103,8 +103,12 @@ export function createUsageRecovery(deps: UsageRecoveryDeps): RecoverUsage {
     if (askStripe && customer !== null && summaries !== null) {
       try {
         stripeByEvent = new Map();
-        const startS = minuteFloor(period.startMs);
-        const endS = Math.max(startS + 60, minuteCeil(Math.min(period.endMs, now())));
+        // Summaries take whole minutes. Rounded inward: the previous period's late batches are stamped a second
+        // before this one starts (report-identity.ts), so a start rounded down would count them here; and
+        // Stripe's figure only ever raises the counts, so leaving a few seconds out keeps Postgres's instead.
+        const nowMs = now();
+        const startS = minuteCeil(period.startMs);
+        const endS = Math.max(startS + 60, nowMs < period.endMs ? minuteCeil(nowMs) : minuteFloor(period.endMs));
         for (const event of new Set(endpoints.map(deps.eventName))) {
           const total = await summaries.total(event, customer, startS, endS);
           if (total !== null) stripeByEvent.set(event, total);

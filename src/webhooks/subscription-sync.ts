@@ -13,6 +13,12 @@ export interface SubscriptionView {
    * (2025-03-31 and later), on the subscription itself in older ones. Null when neither says.
    */
   readonly currentPeriodStartS: number | null;
+  /**
+   * The subscription's `billing_cycle_anchor` (epoch s): the day of month (and time) every period starts on.
+   * A period's start is not: from an anchor on the 31st, February's period starts on the 28th, and stepping
+   * months from there would start every later period on the 28th while Stripe goes back to the 31st.
+   */
+  readonly billingCycleAnchorS: number | null;
 }
 
 export interface SubscriptionPrice {
@@ -76,7 +82,14 @@ export function readSubscription(object: unknown): SubscriptionView | null {
     });
     itemStart ??= num(item.current_period_start);
   }
-  return { id, customerId: customer, status, items, currentPeriodStartS: itemStart ?? num(object.current_period_start) };
+  return {
+    id,
+    customerId: customer,
+    status,
+    items,
+    currentPeriodStartS: itemStart ?? num(object.current_period_start),
+    billingCycleAnchorS: num(object.billing_cycle_anchor),
+  };
 }
 
 /**
@@ -104,10 +117,7 @@ export function decideSync(eventType: string, view: SubscriptionView, tiers: rea
   if (!GRANTING.has(view.status)) return { kind: 'ignore', reason: `subscription status ${view.status}` };
   const tierId = tierForSubscription(view, tiers);
   if (tierId === null) return { kind: 'ignore', reason: 'no tier maps any of its prices' };
-  return {
-    kind: 'set',
-    tierId,
-    subscriptionId: view.id,
-    anchorMs: view.currentPeriodStartS === null ? null : view.currentPeriodStartS * 1000,
-  };
+  // The anchor when Stripe sends it (it always does); a period's start only as the fallback.
+  const anchorS = view.billingCycleAnchorS ?? view.currentPeriodStartS;
+  return { kind: 'set', tierId, subscriptionId: view.id, anchorMs: anchorS === null ? null : anchorS * 1000 };
 }

@@ -1,4 +1,5 @@
 import { describe, expect, it } from 'vitest';
+import { periodFor } from '../../src/core/period.js';
 import { decideSync, readSubscription, tierForSubscription, type TierPrices } from '../../src/webhooks/subscription-sync.js';
 
 const TIERS: TierPrices[] = [
@@ -29,6 +30,7 @@ describe('readSubscription', () => {
       status: 'active',
       items: [{ priceId: 'price_X', lookupKey: null, metadataTier: null }],
       currentPeriodStartS: 1_757_894_400,
+      billingCycleAnchorS: null,
     });
   });
 
@@ -62,6 +64,20 @@ describe('tierForSubscription', () => {
     expect(tierForSubscription(view({ metadata: { usage_limiter_tier: 'team' } }), TIERS)).toBe('team');
     expect(tierForSubscription(view({ metadata: { usage_limiter_tier: 'gold' } }), TIERS)).toBeNull();
     expect(tierForSubscription(view({}), TIERS)).toBeNull();
+  });
+});
+
+describe('decideSync: the anchor', () => {
+  it("anchors on the subscription's billing_cycle_anchor, not on the current period's start", () => {
+    // Anchored on Jan 31: February's period started on the 28th, and March's starts on the 31st again.
+    const jan31 = Date.UTC(2025, 0, 31, 9, 14, 37) / 1000;
+    const feb28 = Date.UTC(2025, 1, 28, 9, 14, 37) / 1000;
+    const view = readSubscription(subscription({ billing_cycle_anchor: jan31 }, { lookup_key: 'pro_monthly' }, { current_period_start: feb28 }))!;
+    const d = decideSync('customer.subscription.updated', view, TIERS);
+    expect(d).toMatchObject({ kind: 'set', anchorMs: jan31 * 1000 });
+    const anchorMs = d.kind === 'set' ? d.anchorMs : null;
+    expect(periodFor(Date.UTC(2025, 2, 15), anchorMs)).toMatchObject({ startMs: feb28 * 1000, endMs: Date.UTC(2025, 2, 31, 9, 14, 37) });
+    expect(periodFor(Date.UTC(2025, 3, 2), anchorMs).startMs).toBe(Date.UTC(2025, 2, 31, 9, 14, 37));
   });
 });
 

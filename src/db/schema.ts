@@ -4,6 +4,7 @@ import { sql } from 'drizzle-orm';
 import {
   bigint,
   bigserial,
+  boolean,
   primaryKey,
   check,
   index,
@@ -117,6 +118,14 @@ export const stripeEvents = pgTable(
      * subscription event than the newest one seen for the tenant is not applied.
      */
     tenantId: text('tenant_id'),
+    /** The subscription the event was about (null on rows recorded before this column). */
+    subscriptionId: text('subscription_id'),
+    /**
+     * The event set that subscription's tier on the tenant (applied, or found already in place). Together with
+     * the subscription it decides what a late event is stale against: any newer event of its own
+     * subscription, or a newer one that put the tenant on another subscription; not the ending of another.
+     */
+    setsSubscription: boolean('sets_subscription').notNull().default(false),
   },
   (t) => [index('stripe_events_tenant_created_idx').on(t.tenantId, t.stripeCreatedAt)],
 );

@@ -1,11 +1,14 @@
 // Applies one verified Stripe subscription event in one transaction: the event id is recorded in
 // stripe_events together with the change, so a replayed delivery (Stripe retries, at-least-once) finds it
 // and changes nothing, and a crash before commit leaves nothing recorded for Stripe's retry to skip. The
-// tenant row is locked first, so two deliveries for one tenant apply one after the other. An event older
-// than the newest one already seen for the tenant is recorded but not applied (Stripe does not promise
-// order). Tier and period changes bump directory_version through the existing triggers, so every replica
-// enforces them within DIRECTORY_POLL_MS.
-import { and, desc, eq, ne, sql } from 'drizzle-orm';
+// tenant row is locked first, so two deliveries for one tenant apply one after the other. Stripe does not
+// promise order, so a late event is recorded but not applied when the tenant has a newer event of the same
+// subscription, or a newer one that put it on another subscription. The ending of another subscription does
+// not make it stale: when a customer moves to a new subscription and cancels the old one, the new one's
+// `created` may arrive (retried) after the old one's `deleted`, and must still apply. Tier and period changes
+// bump directory_version through the existing triggers, so every replica enforces them within
+// DIRECTORY_POLL_MS.
+import { and, eq, gt, isNull, ne, or, sql } from 'drizzle-orm';
 import type { AppDatabase } from '../db/client.js';
 import { stripeEvents, tenants, tiers } from '../db/schema.js';
 import { decideSync, readSubscription } from './subscription-sync.js';
@@ -46,19 +49,26 @@ export async function applySubscriptionEvent(db: AppDatabase, event: VerifiedEve
 
     const recorded = await tx
       .insert(stripeEvents)
-      .values({ id: event.id, type: event.type, stripeCreatedAt: createdAt, tenantId: tenant?.id ?? null })
+      .values({ id: event.id, type: event.type, stripeCreatedAt: createdAt, tenantId: tenant?.id ?? null, subscriptionId: view.id })
       .onConflictDoNothing({ target: stripeEvents.id })
       .returning({ id: stripeEvents.id });
     if (recorded.length === 0) return { outcome: 'duplicate', tenantId: tenant?.id };
     if (tenant === undefined) return { outcome: 'ignored', reason: 'no tenant has this Stripe customer' };
 
-    const [newest] = await tx
-      .select({ at: stripeEvents.stripeCreatedAt })
+    const [newer] = await tx
+      .select({ id: stripeEvents.id })
       .from(stripeEvents)
-      .where(and(eq(stripeEvents.tenantId, tenant.id), ne(stripeEvents.id, event.id)))
-      .orderBy(desc(stripeEvents.stripeCreatedAt))
+      .where(
+        and(
+          eq(stripeEvents.tenantId, tenant.id),
+          ne(stripeEvents.id, event.id),
+          gt(stripeEvents.stripeCreatedAt, createdAt),
+          // Rows recorded before the subscription was (null) count as before: any newer event.
+          or(isNull(stripeEvents.subscriptionId), eq(stripeEvents.subscriptionId, view.id), eq(stripeEvents.setsSubscription, true)),
+        ),
+      )
       .limit(1);
-    if (newest !== undefined && newest.at.getTime() > createdAt.getTime()) {
+    if (newer !== undefined) {
       return { outcome: 'stale', tenantId: tenant.id, reason: 'a newer subscription event was already applied' };
     }
 
@@ -71,6 +81,7 @@ export async function applySubscriptionEvent(db: AppDatabase, event: VerifiedEve
 
     let next: { tierId: string; subscriptionId: string | null; anchor: Date | null };
     if (decision.kind === 'ignore') return { outcome: 'ignored', tenantId: tenant.id, reason: decision.reason };
+    if (decision.kind === 'set') await tx.update(stripeEvents).set({ setsSubscription: true }).where(eq(stripeEvents.id, event.id));
     if (decision.kind === 'cancel') {
       // An old subscription ending after the tenant moved to a new one must not downgrade it.
       if (tenant.subscriptionId !== null && tenant.subscriptionId !== decision.subscriptionId) {

@@ -53,6 +53,7 @@ function subscriptionEvent(o: SubscriptionEventOptions): string {
         object: 'subscription',
         customer: o.customer ?? 'cus_H',
         status: o.status ?? 'active',
+        billing_cycle_anchor: periodStart,
         items: { object: 'list', data: [item] },
         ...(o.periodOnSubscription ? { current_period_start: periodStart, current_period_end: periodStart + 30 * 86400 } : {}),
       },
@@ -227,6 +228,20 @@ describe.skipIf(!services)('Stripe webhooks', () => {
     expect(await res.json()).toEqual({ received: true, outcome: 'applied' });
     expect(await tenant()).toEqual({ tier_id: 'free', stripe_subscription_id: null, billing_anchor: null });
     await eventually(429);
+  });
+
+  it("applies a new subscription's event that arrives after the old one's end, though older (a retried delivery)", async () => {
+    // The customer started sub_NEW, then the old subscription ended; sub_NEW's first delivery had failed.
+    const late = await signed(subscriptionEvent({ id: 'evt_new_sub_late', created: NOW_S() - 20, subscription: 'sub_NEW' }));
+    expect(await late.json()).toEqual({ received: true, outcome: 'applied' });
+    expect(await tenant()).toMatchObject({ tier_id: 'pro', stripe_subscription_id: 'sub_NEW' });
+    // Still stale: a late event of the subscription that ended (its end is newer), and a late start of another
+    // subscription than the one the tenant moved to since.
+    const ended = await signed(subscriptionEvent({ id: 'evt_old_sub_late', created: NOW_S() - 15 }));
+    expect(await ended.json()).toEqual({ received: true, outcome: 'stale' });
+    const superseded = await signed(subscriptionEvent({ id: 'evt_other_sub_late', created: NOW_S() - 25, subscription: 'sub_OTHER' }));
+    expect(await superseded.json()).toEqual({ received: true, outcome: 'stale' });
+    expect((await tenant()).stripe_subscription_id).toBe('sub_NEW');
   });
 
   it('answers other methods with 405 and bodies over the limit with 413', async () => {

@@ -4,8 +4,13 @@ import { z } from 'zod';
 // The only module that reads process.env. Everything is validated once at start, frozen, and passed down;
 // a bad value stops the process with a message naming the variable.
 
-const port = z.coerce.number().int().min(0).max(65535);
-const positiveInt = z.coerce.number().int().positive();
+// z.coerce.number() alone reads '' as 0 and '0x10' as 16: a variable set to nothing (`GRPC_PORT=` in an env
+// file) or to something that is not a decimal number must stop startup, naming it, not become a number.
+const decimal = (v: unknown) => (typeof v === 'string' && !/^\s*[-+]?\d+(\.\d+)?\s*$/.test(v) ? Number.NaN : v);
+const number = () => z.coerce.number({ error: 'must be a decimal number' });
+const port = z.preprocess(decimal, number().int().min(0).max(65535));
+/** A positive whole number, at most `max`. */
+const positiveInt = (max = Number.MAX_SAFE_INTEGER) => z.preprocess(decimal, number().int().positive().max(max));
 const bool = z
   .enum(['true', 'false', '1', '0', 'yes', 'no'])
   .transform((v) => v === 'true' || v === '1' || v === 'yes');
@@ -63,16 +68,17 @@ const schema = z.object({
   LOG_LEVEL: z.enum(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']).default('info'),
   APPLY_ON_START: optionalString,
   MIGRATE_ON_START: bool.default(true),
-  CHECK_TIMEOUT_MS: positiveInt.max(60_000).default(100),
+  CHECK_TIMEOUT_MS: positiveInt(60_000).default(100),
   // Repeated 429s of a tenant are answered from memory for at most this long (never past the limit's
   // reset); 0 asks Redis every time.
-  DENY_MEMORY_MS: z.coerce.number().int().min(0).max(60_000).default(1000),
-  KEY_CACHE_TTL_SECONDS: positiveInt.default(300),
+  DENY_MEMORY_MS: z.preprocess(decimal, number().int().min(0).max(60_000)).default(1000),
+  KEY_CACHE_TTL_SECONDS: positiveInt().default(300),
   // Long, because any change to keys clears negative entries on every replica within a second anyway
   // (version poll and NOTIFY); the TTL only bounds how often a flood of one unknown key reaches Postgres.
-  KEY_CACHE_NEGATIVE_TTL_SECONDS: positiveInt.default(60),
-  KEY_CACHE_MAX_ENTRIES: positiveInt.default(100_000),
-  DIRECTORY_POLL_MS: positiveInt.default(1000),
+  KEY_CACHE_NEGATIVE_TTL_SECONDS: positiveInt().default(60),
+  KEY_CACHE_MAX_ENTRIES: positiveInt().default(100_000),
+  // A timer's delay: above 2^31 - 1 ms Node would fire it every millisecond.
+  DIRECTORY_POLL_MS: positiveInt(3_600_000).default(1000),
   STRIPE_SECRET_KEY: optionalString,
   STRIPE_WEBHOOK_SECRET: optionalString,
   STRIPE_API_BASE: optionalString.pipe(z.string().url().optional()),
@@ -96,19 +102,19 @@ const schema = z.object({
       })
       .optional(),
   ),
-  USAGE_REPORT_INTERVAL_SECONDS: positiveInt.max(86_400).default(60),
+  USAGE_REPORT_INTERVAL_SECONDS: positiveInt(86_400).default(60),
   /** Bound on one Stripe API call; a slower answer is retried (the meter event identifier keeps it single). */
-  STRIPE_TIMEOUT_MS: positiveInt.max(120_000).default(10_000),
+  STRIPE_TIMEOUT_MS: positiveInt(120_000).default(10_000),
   /** The tier a tenant moves to when its subscription ends; unset: the tier `free` if there is one. */
   STRIPE_CANCELED_TIER: optionalString.pipe(z.string().regex(/^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/, 'must be a tier id').optional()),
   /** How long a reservation waits for its access-log entry before it counts as settled. */
-  SETTLEMENT_WINDOW_SECONDS: positiveInt.max(3600).default(120),
+  SETTLEMENT_WINDOW_SECONDS: positiveInt(3600).default(120),
   ALERT_WEBHOOK_URL: optionalString.pipe(z.string().url().optional()),
   ALERT_WEBHOOK_SECRET: optionalString,
   /** Denials of one tenant within the window that raise a `usage.repeated_violations` alert (once per window). */
-  VIOLATION_ALERT_COUNT: positiveInt.default(100),
-  VIOLATION_ALERT_WINDOW_SECONDS: positiveInt.default(300),
-  SHUTDOWN_GRACE_SECONDS: positiveInt.max(300).default(10),
+  VIOLATION_ALERT_COUNT: positiveInt().default(100),
+  VIOLATION_ALERT_WINDOW_SECONDS: positiveInt().default(300),
+  SHUTDOWN_GRACE_SECONDS: positiveInt(300).default(10),
   /**
    * GET /v1/usage takes the tenant from x-tenant-id (which Envoy sets after ext_authz) instead of requiring the
    * API key. Only safe when the HTTP port is reachable from Envoy alone (the k8s NetworkPolicy).

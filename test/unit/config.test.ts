@@ -24,6 +24,11 @@ describe('loadConfig', () => {
     [{ STRIPE_API_BASE: 'not a url' }, 'STRIPE_API_BASE'],
     [{ STRIPE_METERS: '{"/verify": 3}' }, 'STRIPE_METERS'],
     [{ ALERT_WEBHOOK_URL: 'nope' }, 'ALERT_WEBHOOK_URL'],
+    // Set to nothing or to a non-decimal: not a silent 0 (a random port) or a hex reading.
+    [{ GRPC_PORT: '' }, 'GRPC_PORT'],
+    [{ HTTP_PORT: '0x1F91' }, 'HTTP_PORT'],
+    [{ DENY_MEMORY_MS: ' ' }, 'DENY_MEMORY_MS'],
+    [{ DIRECTORY_POLL_MS: '3000000000' }, 'DIRECTORY_POLL_MS'],
   ])('%o is rejected naming %s', (env, name) => {
     const p = problems(env as Record<string, string>);
     expect(p).toHaveLength(1);

@@ -5,6 +5,7 @@
 import { LineCounter, parseDocument } from 'yaml';
 import { z } from 'zod';
 import { displayPrefix, hashApiKey } from '../core/api-key.js';
+import { normalizePath } from '../core/path.js';
 import { MAX_API_KEY_LENGTH } from '../core/request.js';
 import type { FailurePolicy, MonthlyQuota, ReadRateLimit, TenantStatus } from '../core/types.js';
 
@@ -292,10 +293,18 @@ function crossCheck(raw: unknown): Problem[] {
     const quota = getAt(t, ['monthlyQuota']);
     const endpoints = getAt(quota, ['endpoints']);
     if (isRecord(endpoints)) {
+      // Two spellings of one endpoint (`/verify`, `/Verify/`) would meter the same requests under two limits,
+      // of which the Check would enforce one and /v1/usage show the other.
+      const firstSpelling = new Map<string, string>();
       for (const endpoint of Object.keys(endpoints)) {
         if (!ENDPOINT_RE.test(endpoint)) {
           problems.push({ path: ['tiers', i, 'monthlyQuota', 'endpoints', endpoint], message: `endpoint ${ENDPOINT_RULE}` });
+          continue;
         }
+        const same = endpoint.endsWith('/*') ? `${normalizePath(endpoint.slice(0, -2))}/*` : normalizePath(endpoint);
+        const seen = firstSpelling.get(same);
+        if (seen === undefined) firstSpelling.set(same, endpoint);
+        else problems.push({ path: ['tiers', i, 'monthlyQuota', 'endpoints', endpoint], message: `is the same endpoint as "${seen}"` });
       }
     }
     if (getAt(quota, ['total']) !== undefined && (!isRecord(endpoints) || Object.keys(endpoints).length === 0)) {

@@ -67,6 +67,8 @@ interface Existing {
   /** Stripe customer → tenant, for the customers the file assigns. */
   customers: Map<string, string>;
   keys: Map<string, { tenantId: string; name: string | null; expiresAt: Date | null }>;
+  /** Every tier's Stripe prices (a price names one tier across the directory). */
+  pricesByTier: Map<string, readonly string[]>;
 }
 
 async function loadExisting(tx: Tx, doc: ApplyDocument): Promise<Existing> {
@@ -85,6 +87,7 @@ async function loadExisting(tx: Tx, doc: ApplyDocument): Promise<Existing> {
         .from(tenants)
         .where(inArray(tenants.stripeCustomerId, customers))
     : [];
+  const priceRows = await tx.select({ id: tiers.id, prices: tiers.stripePrices }).from(tiers);
   const keyRows = hashes.length
     ? await tx
         .select({ hash: apiKeys.keyHash, tenantId: apiKeys.tenantId, name: apiKeys.name, expiresAt: apiKeys.expiresAt })
@@ -97,6 +100,7 @@ async function loadExisting(tx: Tx, doc: ApplyDocument): Promise<Existing> {
     tenants: new Map(tenantRows.map((r) => [r.id, r])),
     customers: new Map(customerRows.flatMap((r) => (r.customer ? [[r.customer, r.id] as const] : []))),
     keys: new Map(keyRows.map((r) => [r.hash, { tenantId: r.tenantId, name: r.name, expiresAt: r.expiresAt }])),
+    pricesByTier: new Map(priceRows.map((r) => [r.id, Array.isArray(r.prices) ? r.prices.map(String) : []])),
   };
 }
 
@@ -124,6 +128,16 @@ function checkAgainstDatabase(doc: ApplyDocument, existing: Existing): string[] 
         at(key.path, `key ${key.keyPrefix}… already belongs to tenant "${owner}"`);
       }
     }
+  }
+  // A Stripe price names one tier across the whole directory, not just this file: the webhook would map a
+  // price held by two tiers to whichever comes first by id. Judged on the state after this apply.
+  const pricesAfter = new Map(existing.pricesByTier);
+  for (const tier of doc.tiers) if (tier.stripePrices !== undefined) pricesAfter.set(tier.id, tier.stripePrices);
+  for (const tier of doc.tiers) {
+    (tier.stripePrices ?? []).forEach((price, j) => {
+      const other = [...pricesAfter].find(([id, prices]) => id !== tier.id && prices.includes(price))?.[0];
+      if (other !== undefined) at(`${tier.path}.stripePrices[${j}]`, `Stripe price "${price}" already belongs to tier "${other}"`);
+    });
   }
   return problems;
 }

@@ -189,6 +189,15 @@ describe.skipIf(!pgAvailable)('Postgres directory', () => {
     expect((err as Error).message).toBe(
       `${taken}: tenants[0].stripeCustomerId: Stripe customer already belongs to tenant "tenant_E_111"`,
     );
+
+    // A Stripe price held by a tier in the database cannot go to another tier in a later file.
+    await applyFile(handle, writeYaml('gold.yaml', 'tiers:\n  - id: gold\n    stripePrices: [gold_monthly]\n'));
+    const stolen = writeYaml('platinum.yaml', 'tiers:\n  - id: platinum\n    stripePrices: [platinum_monthly, gold_monthly]\n');
+    const priceErr = await applyFile(handle, stolen).catch((e: unknown) => e);
+    expect((priceErr as Error).message).toBe(`${stolen}: tiers[0].stripePrices[1]: Stripe price "gold_monthly" already belongs to tier "gold"`);
+    // Moving it in the same file, off the tier that held it, is fine.
+    const moved = writeYaml('move.yaml', 'tiers:\n  - id: gold\n    stripePrices: []\n  - id: platinum\n    stripePrices: [gold_monthly]\n');
+    expect((await applyFile(handle, moved)).tiers.created).toBe(1);
   });
 
   it('resolves keys to tenant and tier, passing revocation, expiry and billing anchor through', async () => {

@@ -27,6 +27,10 @@ const EXPECTED: Record<string, string[]> = {
   'quota-endpoint-limit-invalid.yaml': [': tiers[0].monthlyQuota.endpoints["/verify"]: must be a positive integer'],
   'quota-endpoint-path-invalid.yaml': [`: tiers[0].monthlyQuota.endpoints.verify: ${ENDPOINT_RULE}`],
   'quota-endpoint-wildcard-invalid.yaml': [`: tiers[0].monthlyQuota.endpoints["/files*"]: ${ENDPOINT_RULE}`],
+  'quota-endpoint-same-path.yaml': [
+    ': tiers[0].monthlyQuota.endpoints["/Verify/"]: is the same endpoint as "/verify"',
+    ': tiers[0].monthlyQuota.endpoints["/Files/*"]: is the same endpoint as "/files/*"',
+  ],
   'quota-total-without-endpoints.yaml': [
     ': tiers[0].monthlyQuota.total: applies to metered endpoints, but monthlyQuota.endpoints lists none',
   ],

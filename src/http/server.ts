@@ -25,10 +25,13 @@ export interface HttpServerDeps {
 export interface RunningHttpServer {
   readonly server: http.Server;
   readonly port: number;
-  close(): Promise<void>;
+  /** Stops accepting, lets requests in flight finish for up to `graceMs`, then drops what is left. */
+  close(graceMs?: number): Promise<void>;
 }
 
 const PROBE_TIMEOUT_MS = 1000;
+/** How long shutdown lets HTTP requests in flight finish: probes, /v1/usage and webhooks take milliseconds. */
+const CLOSE_GRACE_MS = 2000;
 
 function json(res: http.ServerResponse, status: number, body: unknown): void {
   const text = JSON.stringify(body);
@@ -90,9 +93,17 @@ export async function startHttpServer(deps: HttpServerDeps, host: string, port: 
   return {
     server,
     port: (server.address() as AddressInfo).port,
-    close: () =>
+    // Shutdown waits for requests in flight, but not for ever: a client trickling a request body would hold
+    // `server.close()` open (Node stops enforcing its request timeouts once closing starts), and with it
+    // the steps behind it in shutdown (the alert queue's last write, the final usage report).
+    close: (graceMs = CLOSE_GRACE_MS) =>
       new Promise<void>((resolve) => {
-        server.close(() => resolve());
+        const cutoff = setTimeout(() => server.closeAllConnections(), graceMs);
+        cutoff.unref();
+        server.close(() => {
+          clearTimeout(cutoff);
+          resolve();
+        });
         server.closeIdleConnections();
       }),
   };

@@ -33,6 +33,9 @@ const schema = z.object({
     z
       .string()
       .regex(/^postgres(ql)?:\/\//, 'must be a postgres:// or postgresql:// URL')
+      // The driver parses it with `new URL()`: caught here, it names the variable instead of failing later
+      // with a bare "Invalid URL" (a `/`, `#` or `@` in the password must be percent-encoded).
+      .refine((v) => URL.canParse(v), 'must be a valid URL (percent-encode special characters in the password)')
       .optional(),
   ),
   DATA_DIR: z.string().min(1).default('.data'),

@@ -29,6 +29,7 @@ describe('loadConfig', () => {
     [{ HTTP_PORT: '0x1F91' }, 'HTTP_PORT'],
     [{ DENY_MEMORY_MS: ' ' }, 'DENY_MEMORY_MS'],
     [{ DIRECTORY_POLL_MS: '3000000000' }, 'DIRECTORY_POLL_MS'],
+    [{ DATABASE_URL: 'postgres://user:pa/ss@db:5432/app' }, 'DATABASE_URL'],
   ])('%o is rejected naming %s', (env, name) => {
     const p = problems(env as Record<string, string>);
     expect(p).toHaveLength(1);

@@ -224,12 +224,17 @@ describe.skipIf(!services)('exactly-once billing under failures, two reporters a
     const killedId = (killed as AcceptedEvent | null)?.event.identifier;
     expect(stripe.accepted.filter((a) => a.event.identifier === killedId)).toHaveLength(1);
     expect(stripe.requests.some((r) => r.identifier === killedId && r.outcome === 'duplicate')).toBe(true);
-    // Every kind of failure happened, and all three reporters (app, killed child, new child) sent batches.
+    // Every kind of failure happened, and the two reporters that ran through the load (the app's and the
+    // child killed mid-flush) both sent batches. The second child joins after the load: whether the app's
+    // reporter leaves it anything depends on which takes each tenant's lock first (on a slow machine the app
+    // reported everything while the child was still starting), so it must only have run and exited cleanly.
     expect(new Set(stripe.requests.filter((r) => r.outcome === 'fault').map((r) => r.fault))).toEqual(
       new Set(['status', 'drop-before', 'drop-after', 'slow']),
     );
     const senders = new Set(stripe.accepted.map((a) => a.apiKey));
-    expect(senders).toEqual(new Set(['sk_test_parent', 'sk_test_child_1', 'sk_test_child_2']));
+    expect([...senders].filter((k) => k !== 'sk_test_child_2').sort()).toEqual(['sk_test_child_1', 'sk_test_parent']);
+    // And no reporter logged its Stripe key.
+    expect(childLines.filter((l) => l.includes('sk_test_child'))).toEqual([]);
 
     const faults = stripe.requests.filter((r) => r.outcome === 'fault').length;
     const metered = stripe.requests.filter((r) => r.path === '/v1/billing/meter_events').length;

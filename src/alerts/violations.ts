@@ -182,13 +182,7 @@ export class ViolationTracker {
 
   /** Hot path: two Map operations. */
   record(tenantId: string, nowMs: number): void {
-    const start = nowMs - (nowMs % this.opts.windowMs);
-    let byTenant = this.pending.get(start);
-    if (byTenant === undefined) {
-      byTenant = new Map();
-      this.pending.set(start, byTenant);
-    }
-    byTenant.set(tenantId, (byTenant.get(tenantId) ?? 0) + 1);
+    addTo(this.pending, nowMs - (nowMs % this.opts.windowMs), tenantId, 1);
   }
 
   start(): void {
@@ -270,10 +264,14 @@ export class ViolationTracker {
   }
 }
 
+/** Adds `n` to the count held for (start, tenant). On the hot path (`record`): two Map operations when the window exists. */
 function addTo(map: Map<number, Map<string, number>>, start: number, tenantId: string, n: number): void {
-  const byTenant = map.get(start) ?? new Map<string, number>();
+  let byTenant = map.get(start);
+  if (byTenant === undefined) {
+    byTenant = new Map();
+    map.set(start, byTenant);
+  }
   byTenant.set(tenantId, (byTenant.get(tenantId) ?? 0) + n);
-  map.set(start, byTenant);
 }
 
 /** The count held for (start, tenant), removed; 0 when there is none. */

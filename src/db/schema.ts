@@ -114,8 +114,8 @@ export const stripeEvents = pgTable(
     stripeCreatedAt: timestamp('stripe_created_at', { withTimezone: true }).notNull(),
     receivedAt: timestamp('received_at', { withTimezone: true }).notNull().defaultNow(),
     /**
-     * The tenant a subscription event was about (no foreign key: the record outlives the tenant). An older
-     * subscription event than the newest one seen for the tenant is not applied.
+     * The tenant a subscription event was about (no foreign key: the record outlives the tenant). A late
+     * subscription event is judged stale against some of the tenant's newer ones (see `setsSubscription`).
      */
     tenantId: text('tenant_id'),
     /** The subscription the event was about (null on rows recorded before this column). */
